@@ -1,0 +1,250 @@
+"""--benchmark: time prefill (TTFT) and every decode step (TPOT) of the compiled pipeline and of
+PyTorch baselines (Hugging Face generate, eager or static cache + torch.compile), and report
+them as a table, JSON and CSV rows."""
+
+import csv
+import io
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from generate import greedy, prefill
+from utils import log, write_atomic
+
+# Datasheet memory bandwidth (bytes/s) by the name torch reports, for the bandwidth floor.
+CARD_BANDWIDTH = {
+    "NVIDIA H100 80GB HBM3": 3.35e12,
+    "NVIDIA H100 PCIe": 2.0e12,
+    "NVIDIA H100 NVL": 3.9e12,
+    "NVIDIA H200": 4.8e12,
+    "NVIDIA A100-SXM4-80GB": 2.039e12,
+    "NVIDIA A100-SXM4-40GB": 1.555e12,
+    "NVIDIA L4": 0.3e12,
+}
+
+CSV_FIELDS = [
+    "model", "runner", "backend", "cache", "cudagraph", "precision", "device", "batch_size", "isl", "num_tokens",
+    "ttft_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "decode_tokens_per_s", "e2e_ms",
+    "achieved_gb_per_s", "pct_of_bandwidth", "peak_memory_gb", "export_s", "compile_s", "torch", "transformers",
+]
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+class Clock:
+    """Timestamps that need no host synchronisation on a GPU (CUDA events, read at the end)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.marks = []
+
+    def mark(self, *_):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def elapsed_ms(self):
+        """Milliseconds from the first mark to each later one."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [self.marks[0].elapsed_time(m) for m in self.marks[1:]]
+        return [(m - self.marks[0]) * 1e3 for m in self.marks[1:]]
+
+
+def decode_bytes(model, batch_size, context_len, dtype):
+    """Bytes a decode step must read at least: every weight once (the embedding table only for
+    the rows it looks up, unless it is also the output projection) plus the valid K/V rows."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    if model.get_output_embeddings() is None or model.get_output_embeddings().weight is not embedding:
+        weights -= embedding.numel() * embedding.element_size()
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = 2 * config.num_hidden_layers * heads * head_dim * context_len * batch_size * torch.finfo(dtype).bits // 8
+    return weights + kv
+
+
+def summarize(ttfts, step_ms, e2es, batch_size, bytes_per_step, device):
+    tpot_p50 = statistics.median(step_ms)
+    stats = {
+        "ttft_ms": statistics.median(ttfts),
+        "tpot_p50_ms": tpot_p50,
+        "tpot_p90_ms": percentile(step_ms, 90),
+        "tpot_p99_ms": percentile(step_ms, 99),
+        "tpot_mean_ms": statistics.fmean(step_ms),
+        "decode_tokens_per_s": batch_size * 1e3 / statistics.fmean(step_ms),
+        "e2e_ms": statistics.median(e2es),
+        "bytes_per_decode_step": bytes_per_step,
+        "achieved_gb_per_s": bytes_per_step / tpot_p50 / 1e6,
+    }
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        bandwidth = CARD_BANDWIDTH.get(name)
+        stats["card"] = name
+        stats["datasheet_gb_per_s"] = bandwidth / 1e9 if bandwidth else None
+        stats["floor_ms"] = bytes_per_step / bandwidth * 1e3 if bandwidth else None
+        stats["pct_of_bandwidth"] = 100 * stats["floor_ms"] / tpot_p50 if bandwidth else None
+        stats["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    else:
+        stats["card"] = "CPU"
+    return stats
+
+
+def timed_runs(label, args, device, run_once):
+    """Warm-up, then timed iterations of ``run_once(clock)`` with a progress bar. Each run marks
+    the clock at its start and after each token; returns TTFT, decode-step and e2e lists."""
+    ttfts, steps, e2es = [], [], []
+    bar = tqdm(range(args.warmup + args.iterations), desc=label, unit="it", leave=False, dynamic_ncols=True)
+    for i in bar:
+        clock = Clock(device)
+        run_once(clock)
+        marks = clock.elapsed_ms()
+        if i >= args.warmup:
+            ttfts.append(marks[0])
+            steps += [b - a for a, b in zip(marks, marks[1:])]
+            e2es.append(marks[-1])
+    return ttfts, steps, e2es
+
+
+def run(gen, input_ids, args, model, device):
+    """Benchmark the compiled pipeline: fixed-length greedy generation, EOS ignored."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def once(clock):
+        gen.reset()
+        clock.mark()
+        logits = prefill(gen, input_ids, chunk=args.prefill_chunk)
+        greedy(gen, logits, args.num_tokens, on_step=clock.mark)
+
+    ttfts, steps, e2es = timed_runs("pipeline", args, device, once)
+    context = input_ids.shape[1] + args.num_tokens / 2
+    return summarize(ttfts, steps, e2es, args.batch_size, decode_bytes(model, args.batch_size, context, gen.dtype),
+                     device)
+
+
+class _TokenClock:
+    """A generate() streamer that only timestamps: HF calls put() with the prompt, then per token."""
+
+    def __init__(self, clock):
+        self.clock, self.calls = clock, 0
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls > 1:  # the first call carries the prompt
+            self.clock.mark()
+
+    def end(self):
+        pass
+
+
+def run_baselines(model, input_ids, args, device):
+    """Hugging Face generate on the same model and prompt: its own dynamic KV cache in eager
+    mode, and/or its static cache with torch.compile (the usual alternatives)."""
+    names = ["hf_generate", "hf_compile", "no_cache"] if args.baseline == "all" else [args.baseline]
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")  # stock transformers, not our op
+    results = {}
+    try:
+        for name in names:
+            log(f"baseline {name}")
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            run_once = _no_cache_loop if name == "no_cache" else _hf_generate
+            ttfts, steps, e2es = timed_runs(name, args, device, lambda clock: run_once(model, input_ids, args, clock,
+                                                                                       name == "hf_compile"))
+            context = input_ids.shape[1] + args.num_tokens / 2
+            results[name] = summarize(ttfts, steps, e2es, args.batch_size,
+                                      decode_bytes(model, args.batch_size, context, model.dtype), device)
+    finally:
+        model.set_attn_implementation(previous)
+    return results
+
+
+def _hf_generate(model, input_ids, args, clock, static_compiled):
+    kwargs = dict(cache_implementation="static") if static_compiled else {}
+    clock.mark()
+    model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=args.num_tokens,
+        min_new_tokens=args.num_tokens,  # fixed length, as our pipeline in benchmark mode
+        do_sample=False,
+        streamer=_TokenClock(clock),
+        pad_token_id=0,
+        **kwargs,
+    )
+
+
+def _no_cache_loop(model, input_ids, args, clock, _):
+    """The original tool's baseline: recompute the whole sequence for every token."""
+    clock.mark()
+    ids = input_ids
+    for _ in range(args.num_tokens):
+        token = model(ids, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], 1)
+        clock.mark()
+
+
+def rows(result, args):
+    """One CSV/table row per runner: the pipeline, then each baseline."""
+    common = {k: result[k] for k in ("model", "backend", "cache", "cudagraph", "precision", "device", "batch_size")}
+    common.update(isl=args.isl, num_tokens=args.num_tokens, torch=result["versions"]["torch"],
+                  transformers=result["versions"]["transformers"])
+    out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"])]
+    for name, stats in result.get("baselines", {}).items():
+        out.append(dict(common, runner=name, backend="pytorch", cache="hf", cudagraph=name == "hf_compile", **stats))
+    return out
+
+
+def _fmt(value, digits=2):
+    if value is None or value == "":
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def report(result, args):
+    """Print a table (stdout) and append rows to --results_csv (the file is rewritten whole)."""
+    table = rows(result, args)
+    ours = table[0]
+    print(f"\n{result['model']}  {ours['precision']}  batch {args.batch_size}  ISL {args.isl}  "
+          f"{args.num_tokens} new tokens  on {result['benchmark']['card']}")
+    header = f"{'runner':<12} {'backend':<9} {'TTFT ms':>9} {'TPOT p50':>9} {'p90':>7} {'p99':>7} " \
+             f"{'tok/s':>8} {'e2e ms':>9} {'GB/s':>7} {'%floor':>6} {'speedup':>8}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        speedup = row["tpot_p50_ms"] / ours["tpot_p50_ms"]
+        print(f"{row['runner']:<12} {row['backend']:<9} {_fmt(row['ttft_ms']):>9} {_fmt(row['tpot_p50_ms'], 3):>9} "
+              f"{_fmt(row['tpot_p90_ms'], 3):>7} {_fmt(row['tpot_p99_ms'], 3):>7} "
+              f"{_fmt(row['decode_tokens_per_s'], 1):>8} {_fmt(row['e2e_ms'], 1):>9} "
+              f"{_fmt(row['achieved_gb_per_s'], 1):>7} {_fmt(row.get('pct_of_bandwidth'), 1):>6} "
+              f"{'' if row is ours else f'{speedup:.2f}x':>8}")
+    print(f"export {result['timings_s']['export_s']:.1f} s, compile {result['timings_s']['compile_s']:.1f} s"
+          + (f", peak memory {ours['peak_memory_gb']:.2f} GB" if ours.get("peak_memory_gb") else ""))
+    if len(table) > 1:
+        print("speedup = baseline TPOT / pipeline TPOT")
+    if args.results_csv:
+        append_csv(args.results_csv, table)
+
+
+def append_csv(path, new_rows):
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    if not old:
+        writer.writeheader()
+    writer.writerows(new_rows)
+    write_atomic(path, old + buffer.getvalue())
+    log(f"appended {len(new_rows)} rows to {path}")

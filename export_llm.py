@@ -1,0 +1,92 @@
+"""torch.export of a language model into a flat FX graph with one ``tllm::attention`` node per
+layer, and the small graph helpers the cache passes share.
+
+The graph's calling convention is positional: ``graph(*model_inputs, *cache_inputs)`` returns a
+tuple ``(logits_of_last_position, *cache_outputs)``. Each pass adds its inputs after the
+model's and its outputs after the logits, and records what it added in ``gm.meta``.
+"""
+
+import torch
+from torch import nn
+from torch.export import Dim
+from torch.fx.graph import CodeGen
+
+import register_sdpa  # noqa: F401  (registers the ops the graph calls)
+
+ATTENTION = torch.ops.tllm.attention.default
+
+
+class LastLogits(nn.Module):
+    """Causal LM -> logits of the last position only (prefill never pays for full-vocab logits)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, position_ids):
+        return self.lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=1).logits
+
+
+def export_graph(module, example_inputs, seq_dims, max_seq_len):
+    """Export with a dynamic sequence length; ``seq_dims[i]`` is the sequence dim of input i.
+
+    The example inputs must have a sequence length of at least 2 (export specialises 0/1);
+    the graph still runs at length 1.
+    """
+    seq = Dim("seq", min=1, max=max_seq_len)
+    dynamic_shapes = tuple({d: seq} for d in seq_dims)
+    with torch.no_grad():
+        ep = torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
+    gm = ep.module()
+    # Drop the input-guard call and the pytree calling convention: passes add positional inputs
+    # and outputs, and each backend checks shapes itself.
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+    gm.graph._codegen = CodeGen()
+    gm._forward_pre_hooks.clear()  # the input-spec check of the original signature
+    gm.meta["seq_dims"] = tuple(seq_dims)
+    gm.meta["cache"] = ""
+    finish(gm)
+    return gm
+
+
+def attention_nodes(gm):
+    return [n for n in gm.graph.nodes if n.target is ATTENTION]
+
+
+def add_input(gm, name, example):
+    """Append a placeholder after the existing ones; ``example`` fills its meta (shape, dtype)."""
+    last = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+    with gm.graph.inserting_after(last):
+        node = gm.graph.placeholder(name)
+    node.meta["val"] = example
+    return node
+
+
+def add_outputs(gm, nodes):
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    out.args = (tuple(out.args[0]) + tuple(nodes),)
+
+
+def add_cache_inputs(gm, nodes, batch_size, length):
+    """Per attention node, placeholders ``k_cache_i, v_cache_i`` shaped like its K/V (heads not
+    repeated) with ``length`` positions. Returns [(k_cache, v_cache)] and records the shapes."""
+    caches, shapes = [], []
+    for i, node in enumerate(nodes):
+        pair = []
+        for name, new in zip("kv", node.args[1:3]):
+            val = new.meta["val"]
+            shape = (batch_size, val.shape[1], length, val.shape[3])
+            pair.append(add_input(gm, f"{name}_cache_{i}", torch.empty(shape, dtype=val.dtype, device="meta")))
+            shapes.append(shape[1:2] + shape[3:])
+        caches.append(tuple(pair))
+    gm.meta["cache_shapes"] = shapes  # (kv_heads, head_dim) of k0, v0, k1, v1, ...
+    return caches
+
+
+def finish(gm):
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,157 @@
+"""The flow both command-line tools share: their common flags, building a Generator for a
+language model (export -> cache pass -> compile -> warm-up) with progress lines, and the
+top-level error handling that turns bad input into one line and a non-zero exit."""
+
+import argparse
+import functools
+import sys
+import time
+
+import torch
+
+import backends
+import dynamic_cache
+import export_llm
+import static_cache_v1
+import static_cache_v2
+from generate import CACHE_MODES, Generator, prefill
+from utils import PRECISIONS, UserError, log
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not a usage block
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    value = positive_int(text) if text.strip() != "0" else 0
+    return value
+
+
+def add_common_args(parser):
+    parser.add_argument("--model", help="Hugging Face id or local folder (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--tokenizer", help="tokenizer id or folder, if not the model's own")
+    parser.add_argument("--random_weights", action="store_true",
+                        help="random weights at the real shape, from the config bundled for --model (no download)")
+    parser.add_argument("--prompt", help="the prompt (default: a question for the model)")
+    parser.add_argument("--no_chat_template", action="store_true", help="feed the prompt as is, without the chat template")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="compute dtype (default: FP16 on GPU, BF16 for Gemma 3; FP32 on CPU)")
+    parser.add_argument("--num_tokens", type=positive_int, default=None,
+                        help="new tokens to generate (default 128, 64 outside --benchmark)")
+    parser.add_argument("--ignore_eos", action="store_true", help="always generate --num_tokens tokens")
+    parser.add_argument("--cache", default="static_v2", choices=CACHE_MODES,
+                        help="KV cache: static_v2 (fast, default), static_v1 (functional), dynamic (grows), '' (none)")
+    parser.add_argument("--prefill_chunk", type=non_negative_int, default=0,
+                        help="feed the prompt in chunks of this many tokens (static_v2 only)")
+    parser.add_argument("--backend", default="auto", choices=backends.BACKENDS)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if present)")
+    parser.add_argument("--cudagraph", action="store_true", help="replay each decode step as a CUDA graph (static_v2)")
+    parser.add_argument("--min_block_size", type=positive_int, default=1, help="TensorRT: smallest subgraph to convert")
+    parser.add_argument("--debug", action="store_true", help="verbose compiler logging")
+    parser.add_argument("--batch_size", type=positive_int, default=1)
+    parser.add_argument("--benchmark", action="store_true", help="time prefill and decode on random prompt ids")
+    parser.add_argument("--isl", type=positive_int, default=2048, help="benchmark prompt length (input sequence length)")
+    parser.add_argument("--iterations", type=positive_int, default=5, help="timed benchmark iterations")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed benchmark iterations first")
+    parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
+    parser.add_argument("--baseline", default="hf_generate", choices=("hf_generate", "hf_compile", "no_cache", "all"),
+                        help="which baseline --enable_pytorch_run measures (default hf_generate)")
+    parser.add_argument("--output_json", help="write the run's results to this JSON file (atomically)")
+    parser.add_argument("--results_csv", help="append one row per benchmark run to this CSV file")
+    return parser
+
+
+def check_args(args):
+    if args.prefill_chunk and args.cache != "static_v2":
+        raise UserError("--prefill_chunk needs --cache static_v2")
+    if args.cudagraph and args.cache != "static_v2":
+        raise UserError("--cudagraph needs --cache static_v2 (the only mode whose decode step has fixed shapes)")
+    if args.num_tokens is None:
+        args.num_tokens = 128 if args.benchmark else 64
+
+
+def cli_main(main):
+    """Run ``main(argv)``; bad input and known failures end in one line on stderr."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            with torch.no_grad():
+                main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except torch.cuda.OutOfMemoryError as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            print(f"error: out of GPU memory ({first}); lower --batch_size, --isl or --num_tokens", file=sys.stderr)
+            sys.exit(3)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def check_length(needed, limit, what):
+    if needed > limit:
+        raise UserError(f"{what} need {needed} positions but the model has {limit}")
+
+
+def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len, warm_inputs):
+    """Export ``module(x, position_ids)``, rewrite its cache, compile it and warm it up.
+
+    ``make_inputs(length)`` returns fresh example inputs ``(x, position_ids)`` for export;
+    ``warm_inputs`` are inputs of the real prompt's shape, run once so that compilers compile
+    (and CUDA graphs capture) now rather than inside the first timed step.
+    Returns the Generator, the backend's name and timings in seconds.
+    """
+    timings = {}
+    backend = backends.choose_backend(args.backend, device)
+    if args.cudagraph and device.type != "cuda":
+        raise UserError("--cudagraph needs a CUDA device")
+    start = time.perf_counter()
+    log(f"exporting {type(module).__name__} with torch.export")
+    gm = export_llm.export_graph(module, make_inputs(2), seq_dims, max_len)
+    layers = len(export_llm.attention_nodes(gm))
+    inplace = backend != "tensorrt"
+    if args.cache == "static_v2":
+        static_cache_v2.apply(gm, args.batch_size, max_len, inplace=inplace)
+    elif args.cache == "static_v1":
+        static_cache_v1.apply(gm, args.batch_size, max_len)
+    elif args.cache == "dynamic":
+        dynamic_cache.apply(gm, args.batch_size)
+    timings["export_s"] = time.perf_counter() - start
+    log(f"exported: {layers} attention ops, cache {args.cache or 'none'} ({timings['export_s']:.1f} s)")
+
+    start = time.perf_counter()
+    log(f"compiling with {backend}" + (" + CUDA-graph decode" if args.cudagraph else ""))
+    graph = backends.compile_graph(gm, backend, dtype, max_len, args.min_block_size, args.debug)
+    own_cudagraph = args.cudagraph and backend != "tensorrt"
+    if args.cudagraph and not own_cudagraph:
+        import tensorrt_backend
+
+        tensorrt_backend.enable_cudagraphs(True)
+    gen = Generator(graph, gm.meta.get("cache_shapes", []), args.cache, args.batch_size, max_len, dtype, device,
+                    inplace=inplace, cudagraph=own_cudagraph)
+    x, positions = warm_inputs
+    prefill(gen, x, positions, args.prefill_chunk)
+    for _ in range(2):
+        if gen.length < max_len:
+            gen.step(x[:, -1:], None if positions is None else positions[..., -1:] + 1)
+    gen.reset()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    timings["compile_s"] = time.perf_counter() - start
+    log(f"compiled ({timings['compile_s']:.1f} s)")
+    return gen, backend, timings

@@ -1,0 +1,140 @@
+"""One attention op per layer.
+
+Models are loaded with ``attn_implementation=ATTN_IMPLEMENTATION``: transformers then calls
+``tllm::attention`` once per layer with K/V *not* repeated for GQA, and builds no mask (the op
+owns its masking). After export the graph holds exactly one such node per layer, which the
+cache passes (static_cache_v1/v2, dynamic_cache) find and rewrite.
+
+Two ops:
+- ``tllm::attention(q, k, v, scale, window)``: causal aligned to the lower right (query i of
+  Sq sits at absolute position Sk - Sq + i), optional sliding window. Used with no cache, with
+  a concatenated cache, and over a prefix-sliced static cache.
+- ``tllm::cached_attention(q, k_cache, v_cache, q_pos, scale, window)``: attends over a whole
+  fixed-size cache buffer with a mask built from the queries' absolute positions. Fixed shapes
+  for every decode step, so it can be captured in a CUDA graph.
+"""
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers.masking_utils import AttentionMaskInterface
+
+ATTN_IMPLEMENTATION = "tllm_attention"
+
+
+def visible_keys(q_pos: torch.Tensor, num_keys: int, window: int) -> torch.Tensor:
+    """Boolean [Sq, Sk] mask: key j is visible from position p iff p - window < j <= p."""
+    k_pos = torch.arange(num_keys, device=q_pos.device)
+    visible = k_pos[None, :] <= q_pos[:, None]
+    if window > 0:
+        visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
+    return visible
+
+
+def _masked_gqa_sdpa(q, k, v, mask, scale):
+    """SDPA with a mask and grouped K/V heads, without repeating K/V.
+
+    The G query heads that share a K/V head are folded into the query length, so the kernel
+    sees Hkv heads of G*Sq queries and reads each cached K/V row once. (``enable_gqa`` with a
+    mask falls back to the math kernel on CUDA, which copies the repeated cache every step.)
+    """
+    b, hq, sq, d = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    q = q.reshape(b, hkv, group * sq, d)
+    mask = mask.repeat(group, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(b, hq, sq, v.shape[-1])
+
+
+@torch.library.custom_op("tllm::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    sq, sk = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if window <= 0 or sk <= window:
+        if sq == sk:  # plain causal prefill: lets SDPA pick its flash kernel
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        if sq == 1:  # one new token sees every key
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    q_pos = torch.arange(sk - sq, sk, device=q.device)
+    return _masked_gqa_sdpa(q, k, v, visible_keys(q_pos, sk, window), scale)
+
+
+@attention.register_fake
+def _attention_fake(q, k, v, scale, window):
+    return q.new_empty(q.shape[:-1] + (v.shape[-1],))
+
+
+@torch.library.custom_op("tllm::cached_attention", mutates_args=())
+def cached_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_pos: torch.Tensor, scale: float, window: int
+) -> torch.Tensor:
+    mask = visible_keys(q_pos, k_cache.shape[2], window)
+    return _masked_gqa_sdpa(q, k_cache, v_cache, mask, scale)
+
+
+@cached_attention.register_fake
+def _cached_attention_fake(q, k_cache, v_cache, q_pos, scale, window):
+    return q.new_empty(q.shape[:-1] + (v_cache.shape[-1],))
+
+
+def _transformers_attention(module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs):
+    """The function transformers calls per layer; returns [B, S, H, D] like its own SDPA path."""
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    out = torch.ops.tllm.attention(query, key, value, scale, int(sliding_window or 0))
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+transformers.AttentionInterface.register(ATTN_IMPLEMENTATION, _transformers_attention)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _no_mask)
+
+
+def register_tensorrt_converters():
+    """Teach Torch-TensorRT (2.13) both ops: a position mask plus TensorRT's IAttention layer
+    (through torch_tensorrt's own SDPA converter, which handles grouped K/V heads natively).
+
+    Called by the tensorrt backend only; importing this module never needs TensorRT."""
+    from torch_tensorrt.dynamo._SourceIR import SourceIR
+    from torch_tensorrt.dynamo.conversion import dynamo_tensorrt_converter, impl
+    from torch_tensorrt.dynamo.conversion.converter_utils import cast_trt_tensor
+
+
+    def visible(ctx, target, name, q_pos, k, window):
+        ir = SourceIR.ATEN
+        num_keys = impl.shape.shape(ctx, target, ir, f"{name}_num_keys", k, 2)
+        k_pos = impl.arange.arange(ctx, target, ir, f"{name}_k_pos", 0, num_keys, 1)
+        q_pos = cast_trt_tensor(ctx, q_pos, k_pos.dtype, f"{name}_q_pos_cast", target, ir)
+        rows = impl.unsqueeze.unsqueeze(ctx, target, ir, f"{name}_rows", q_pos, 1)
+        cols = impl.unsqueeze.unsqueeze(ctx, target, ir, f"{name}_cols", k_pos, 0)
+        distance = impl.elementwise.sub(ctx, target, ir, f"{name}_distance", rows, cols)
+        mask = impl.elementwise.ge(ctx, target, ir, f"{name}_causal", distance, 0)
+        if window > 0:
+            in_window = impl.elementwise.lt(ctx, target, ir, f"{name}_in_window", distance, window)
+            mask = impl.elementwise.logical_and(ctx, target, ir, f"{name}_window", mask, in_window)
+        return mask
+
+    def attend(ctx, target, name, q, k, v, mask, scale):
+        return impl.attention.scaled_dot_product_attention(
+            ctx, target, SourceIR.ATEN, name, q, k, v, attn_mask=mask, scale=scale
+        )
+
+    @dynamo_tensorrt_converter(torch.ops.tllm.attention.default, supports_dynamic_shapes=True)
+    def _attention(ctx, target, args, kwargs, name):
+        q, k, v, scale, window = args
+        ir = SourceIR.ATEN
+        # Lower-right alignment: the Sq queries sit at positions Sk - Sq ... Sk - 1.
+        num_keys = impl.shape.shape(ctx, target, ir, f"{name}_sk", k, 2)
+        num_queries = impl.shape.shape(ctx, target, ir, f"{name}_sq", q, 2)
+        first = impl.elementwise.sub(ctx, target, ir, f"{name}_first", num_keys, num_queries)
+        q_pos = impl.arange.arange(ctx, target, ir, f"{name}_q_pos", first, num_keys, 1)
+        return attend(ctx, target, name, q, k, v, visible(ctx, target, name, q_pos, k, window), scale)
+
+    @dynamo_tensorrt_converter(torch.ops.tllm.cached_attention.default, supports_dynamic_shapes=True)
+    def _cached_attention(ctx, target, args, kwargs, name):
+        q, k_cache, v_cache, q_pos, scale, window = args
+        mask = visible(ctx, target, name, q_pos, k_cache, window)
+        return attend(ctx, target, name, q, k_cache, v_cache, mask, scale)

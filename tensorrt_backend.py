@@ -1,0 +1,68 @@
+"""The Torch-TensorRT backend (torch_tensorrt 2.13 API), kept thin.
+
+The rewritten graph is re-exported on the first call's real inputs (sequence length, cache
+length and ``start_idx`` dynamic, as the cache mode needs) and handed to
+``torch_tensorrt.dynamo.compile``. TensorRT engines do not mutate their inputs, so the caller
+uses the functional form of static_v2 (updated caches come back as outputs).
+"""
+
+import torch
+from torch.export import Dim
+
+import register_sdpa
+from utils import log
+
+
+def _dynamic_shapes(gm, args, max_len):
+    seq = Dim("seq", min=1, max=max_len)
+    specs = [{d: seq} for d in gm.meta["seq_dims"]]
+    cache = gm.meta["cache"]
+    rest = args[len(specs):]
+    if cache == "static_v2":
+        specs.append({0: seq})  # cache_position
+        specs += [None] * (len(rest) - 1)
+    elif cache == "static_v1":
+        specs += [None] * (len(rest) - 1) + [Dim.DYNAMIC]  # start_idx
+    elif cache == "dynamic":
+        past = Dim("past", min=0, max=max_len)
+        specs += [{2: past}] * len(rest)
+    return tuple(specs)
+
+
+def compile(gm, dtype, max_len, min_block_size, debug):
+    """Returns a callable that builds the engine on its first call, then runs it."""
+    import torch_tensorrt
+
+    register_sdpa.register_tensorrt_converters()
+    compiled = None
+
+    def run(*args):
+        nonlocal compiled
+        if compiled is None:
+            ep = torch.export.export(gm, tuple(args), dynamic_shapes=_dynamic_shapes(gm, args, max_len), strict=False)
+            settings = dict(
+                arg_inputs=list(args),
+                min_block_size=min_block_size,
+                truncate_double=True,
+                # FP16 matmuls accumulate in FP32, as TensorRT users expect for accuracy.
+                use_fp32_acc=dtype == torch.float16,
+                # Our masks are sliding windows and position masks, never a plain causal bias.
+                attn_bias_is_causal=False,
+                immutable_weights=True,
+            )
+            log(f"building TensorRT engines (min_block_size={min_block_size})")
+            if debug:
+                with torch_tensorrt.logging.debug():
+                    compiled = torch_tensorrt.dynamo.compile(ep, **settings)
+            else:
+                compiled = torch_tensorrt.dynamo.compile(ep, **settings)
+        return compiled(*args)
+
+    return run
+
+
+def enable_cudagraphs(enabled):
+    """TensorRT's own CUDA-graph mode: each engine captures and replays itself."""
+    import torch_tensorrt
+
+    torch_tensorrt.runtime.set_cudagraphs_mode(enabled)
