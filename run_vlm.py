@@ -1,0 +1,246 @@
+"""Run a vision-language model (Qwen2.5-VL or Eagle2) on an image and a prompt: the vision
+encoder (eager, or exported and compiled), then the language model through torch.export, the
+attention op, a KV cache pass and a compiler backend, as run_llm.py does for text; with
+--benchmark, time it (TTFT split into vision encoder and prefill, TPOT) against PyTorch baselines.
+
+    python run_vlm.py --model Qwen/Qwen2.5-VL-3B-Instruct --random_weights      # bundled sample image
+    python run_vlm.py --model nvidia/Eagle2-2B --random_weights --benchmark --image_path photo.jpg
+    python run_vlm.py --model ~/models/Qwen2.5-VL-3B-Instruct --prompt "What is in the picture?"
+"""
+
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import backends
+import benchmark
+import eagle2
+import export_llm
+import models
+import qwen_vl
+from generate import greedy, prefill
+from pipeline import ArgumentParser, add_common_args, build_generator, check_args, check_length, cli_main, positive_int
+from run_llm import max_positions, resolve_precision
+from utils import UserError, log, resolve_device, versions, write_json
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+DEFAULT_PROMPT = "Describe this image."
+SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.png"  # made by assets/make_sample.py
+FAMILIES = {"qwen2_5_vl": qwen_vl.QwenVL, eagle2.Eagle2Config.model_type: eagle2.Eagle2VL}
+VISION_MODES = ("auto", "eager", "compile")
+
+
+def load_image(path):
+    """The image as RGB, or one UserError line: missing, unreadable, or not an image."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--image_path {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"--image_path {path}: is a folder, not an image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise UserError(f"--image_path {path}: not an image file (PNG, JPEG, WebP, ... expected)") from None
+    except PermissionError:
+        raise UserError(f"--image_path {path}: permission denied") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"--image_path {path}: cannot read the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def model_family(config):
+    family = FAMILIES.get(config.model_type)
+    if family is None:
+        raise UserError(
+            f"--model: {config.model_type!r} is not a vision-language model run_vlm.py supports "
+            "(Qwen2.5-VL, Eagle2; use run_llm.py for text models)"
+        )
+    return family
+
+
+def build_vision(vlm, mode, args, backend, device, dtype):
+    """A callable returning the image features [B, tokens, H], eager or exported and compiled.
+    Returns it, the mode that applies, and its compile time (seconds)."""
+    pixels = vlm.vision_inputs(args.batch_size, device)
+    if mode == "compile":
+        module, why_not = vlm.static_encoder()
+        if module is None:
+            log(f"vision encoder: eager ({why_not})")
+            mode = "eager"
+    if mode == "eager":
+        encoder, compile_s = vlm.eager_encoder(), 0.0
+        log(f"vision encoder: eager ({vlm.name}'s own module)")
+    else:
+        start = time.perf_counter()
+        count = max(2, pixels.shape[0])  # images or tiles: export wants an example of >= 2
+        example = torch.cat([pixels[:1], pixels[:1]]).clone()
+        gm = export_llm.export_graph(module, [example], (0,), count)
+        graph = backends.compile_graph(gm, backend, dtype, count, args.min_block_size, args.debug)
+
+        def encoder(x):
+            return graph(x)[0]
+
+        encoder(pixels)  # compilers compile on the first call: do it now, not in a timed run
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - start
+        log(f"vision encoder: exported for input {tuple(pixels.shape[1:])} and compiled with {backend} "
+            f"({compile_s:.1f} s)")
+
+    def encode():
+        return vlm.to_features(encoder(pixels), args.batch_size)
+
+    return encode, mode, compile_s
+
+
+def example_inputs(vlm, batch_size, hidden, dtype, device):
+    """Fresh (inputs_embeds, position_ids) of a given length, as export wants them."""
+
+    def make(length):
+        embeds = torch.randn(batch_size, length, hidden, dtype=dtype, device=device)
+        positions = torch.arange(length, device=device).repeat(batch_size, 1)
+        if vlm.position_seq_dim == 2:  # M-RoPE: (3, B, S)
+            positions = positions[None].repeat(3, 1, 1)
+        return embeds, positions
+
+    return make
+
+
+def prompt_input_ids(vlm, args, device):
+    """[B, S] prompt ids: the image and the prompt (or, with --benchmark, random text ids that
+    fill the prompt up to --isl tokens)."""
+    chat = not args.no_chat_template
+    if args.benchmark:
+        if vlm.tokenizer is None:
+            chat = False
+        bare = len(vlm.prompt_ids([], chat))
+        generator = torch.Generator().manual_seed(0)
+        filler = torch.randint(0, 151643, (max(0, args.isl - bare),), generator=generator).tolist()
+        ids = vlm.prompt_ids(filler, chat)
+        if len(ids) > args.isl:
+            log(f"benchmark prompt: {len(ids)} tokens (the image alone takes {vlm.num_image_tokens}, "
+                f"more than --isl {args.isl})")
+        args.isl = len(ids)  # reported as the ISL
+    else:
+        if vlm.tokenizer is None:
+            raise UserError(f"no tokenizer for {args.model} is available offline; pass --tokenizer FOLDER, "
+                            "or use --benchmark (random prompt ids)")
+        ids = vlm.prompt_ids(vlm.encode_text(args.prompt or DEFAULT_PROMPT), chat)
+    return torch.tensor([ids] * args.batch_size, device=device)
+
+
+def add_vlm_args(parser):
+    add_common_args(parser)
+    parser._option_string_actions["--model"].help = (
+        f"Qwen/Qwen2.5-VL-3B-Instruct, nvidia/Eagle2-2B or a local folder of either (default {DEFAULT_MODEL})"
+    )
+    parser.set_defaults(model=DEFAULT_MODEL)
+    parser._option_string_actions["--precision"].help = "compute dtype (default: BF16 on GPU, FP32 on CPU)"
+    parser.add_argument("--image_path", help="the image (default: the bundled assets/sample.png)")
+    parser.add_argument(
+        "--vision", default="auto", choices=VISION_MODES,
+        help="vision encoder: eager (the model's own module, any image size) or compile (exported and compiled "
+             "with --backend; Qwen2.5-VL resizes the image to multiples of 112 px for it). auto: compile for "
+             "Eagle2 (fixed 448 px tiles), eager for Qwen2.5-VL",
+    )
+    parser.add_argument("--max_tiles", type=positive_int, help="Eagle2: at most this many 448 px tiles "
+                        "(default: the config's max_dynamic_patch, 12)")
+    return parser
+
+
+@cli_main
+def main(argv=None):
+    parser = add_vlm_args(ArgumentParser(description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    check_args(args)
+    if args.enable_pytorch_run and args.baseline == "no_cache":
+        raise UserError("--baseline no_cache is for text models; choose hf_generate, hf_compile or all")
+    image_path = Path(args.image_path) if args.image_path else SAMPLE_IMAGE
+    image = load_image(image_path)  # before anything slow: a bad path fails at once
+    device = resolve_device(args.device)
+    config = models.load_config(args.model, args.random_weights)
+    family = model_family(config)
+    if args.max_tiles and family is not eagle2.Eagle2VL:
+        raise UserError("--max_tiles is for Eagle2 (Qwen2.5-VL does not tile images)")
+    if args.precision is None and device.type == "cuda":
+        args.precision = "BF16"  # as the original tool: Qwen2.5-VL's vision tower is trained in BF16
+    dtype = resolve_precision(args, device, config.model_type)
+    log(f"loading {args.model} ({'random weights' if args.random_weights else 'weights'}, {args.precision}, {device})")
+    start = time.perf_counter()
+    vlm = family.load(args.model, args.random_weights, dtype, device, args.max_tiles)
+    if args.tokenizer:
+        tokenizer = models.load_tokenizer(args.tokenizer, vlm.text_config)
+        if tokenizer is None:
+            raise UserError(f"--tokenizer {args.tokenizer}: no tokenizer found there")
+        vlm.set_tokenizer(tokenizer)
+    load_s = time.perf_counter() - start
+
+    mode = vlm.default_vision if args.vision == "auto" else args.vision
+    vlm.set_image(image, compiled=mode == "compile")
+    input_ids = prompt_input_ids(vlm, args, device)
+    prompt_len = input_ids.shape[1]
+    max_len = prompt_len + args.num_tokens
+    check_length(max_len, max_positions(vlm.text_config), f"{prompt_len} prompt tokens + {args.num_tokens} new tokens")
+    position_ids = vlm.positions(input_ids)
+
+    backend = backends.choose_backend(args.backend, device)
+    args.backend = backend  # build_generator would otherwise say "auto -> ..." a second time
+    encode, mode, vision_compile_s = build_vision(vlm, mode, args, backend, device, dtype)
+
+    def vision():
+        """Vision encoder + merge into the prompt: the part of TTFT before prefill."""
+        return vlm.embed(input_ids, encode()), position_ids
+
+    embeds, _ = vision()
+    make_inputs = example_inputs(vlm, args.batch_size, vlm.text_config.hidden_size, dtype, device)
+    gen, backend, timings = build_generator(
+        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), args, device, dtype, max_len, (embeds, position_ids)
+    )
+    timings.update(load_s=load_s, vision_compile_s=vision_compile_s)
+    result = {
+        "model": args.model,
+        "source": str(vlm.source),
+        "random_weights": args.random_weights,
+        "image": str(image_path),
+        "image_tokens": vlm.num_image_tokens,
+        "vision": mode,
+        "backend": backend,
+        "cache": args.cache,
+        "cudagraph": args.cudagraph,
+        "precision": args.precision,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "timings_s": timings,
+        "versions": versions(),
+    }
+    if args.benchmark:
+        result["isl"] = prompt_len
+        result["benchmark"] = benchmark.run(gen, input_ids, args, vlm.text_model, device, vision=vision,
+                                            embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
+        if args.enable_pytorch_run:
+            model, extra_inputs = vlm.baseline(input_ids, vlm.vision_inputs(args.batch_size, device))
+            result["baselines"] = benchmark.run_baselines(model, input_ids, args, device, extra_inputs, vlm.text_model)
+        benchmark.report(result, args)
+    else:
+        stop = [] if args.ignore_eos else vlm.eos_ids()
+        logits = prefill(gen, embeds, position_ids, args.prefill_chunk)
+        new_tokens = greedy(gen, logits, args.num_tokens, stop, embed=vlm.embed_tokens,
+                            decode_positions=vlm.decode_positions)
+        texts = [vlm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens.tolist()]
+        for text in texts[:1]:
+            print(text)
+        result.update(
+            input_token_ids=input_ids.tolist(),
+            generated_token_ids=new_tokens.tolist(),
+            generated_text=texts,
+        )
+    if args.output_json:
+        write_json(args.output_json, result)
+        log(f"wrote {args.output_json}")
+
+
+if __name__ == "__main__":
+    main()
