@@ -30,6 +30,7 @@ DEFAULT_PROMPT = "Describe this image."
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.png"  # made by assets/make_sample.py
 FAMILIES = {"qwen2_5_vl": qwen_vl.QwenVL, eagle2.Eagle2Config.model_type: eagle2.Eagle2VL}
 VISION_MODES = ("auto", "eager", "compile")
+TEXT_TOKENS = 151643  # ids below this are plain text in the Qwen2 vocabulary (both models use it)
 
 
 def load_image(path):
@@ -118,7 +119,7 @@ def prompt_input_ids(vlm, args, device):
             chat = False
         bare = len(vlm.prompt_ids([], chat))
         generator = torch.Generator().manual_seed(0)
-        filler = torch.randint(0, 151643, (max(0, args.isl - bare),), generator=generator).tolist()
+        filler = torch.randint(0, TEXT_TOKENS, (max(0, args.isl - bare),), generator=generator).tolist()
         ids = vlm.prompt_ids(filler, chat)
         if len(ids) > args.isl:
             log(f"benchmark prompt: {len(ids)} tokens (the image alone takes {vlm.num_image_tokens}, "
