@@ -4,6 +4,7 @@ available here and says which."""
 
 import torch
 
+import register_sdpa
 from utils import UserError, log
 
 BACKENDS = ("auto", "tensorrt", "inductor", "eager")
@@ -46,6 +47,12 @@ def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False):
     if backend == "eager":
         return gm
     if backend == "inductor":
+        register_sdpa.register_inductor_decompositions()
+        # Tunes the launch parameters of each generated kernel: decode is a chain of small,
+        # latency-bound kernels, where this pays (at some compile time).
+        torch._inductor.config.coordinate_descent_tuning = True
+        if debug:
+            torch._logging.set_logs(recompiles=True, graph_breaks=True, perf_hints=True)
         # Static shapes per distinct length (one decode shape, one prefill shape per prompt
         # length); a third length switches that dimension to dynamic on its own.
         return torch.compile(gm, fullgraph=True)

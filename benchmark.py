@@ -140,6 +140,8 @@ def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_pos
         greedy(gen, logits, args.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
 
     ttfts, steps, e2es = timed_runs("pipeline", args, device, once)
+    if args.profile:
+        profile(once, args.profile, device)
     context = input_ids.shape[1] + args.num_tokens / 2
     stats = summarize(ttfts, steps, e2es, args.batch_size, decode_bytes(model, args.batch_size, context, gen.dtype),
                       device)
@@ -148,6 +150,22 @@ def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_pos
         stats["vision_ms"] = statistics.median(vision_ms)
         stats["prefill_ms"] = statistics.median(t - v for t, v in zip(ttfts, vision_ms))
     return stats
+
+
+def profile(run_once, trace_path, device):
+    """One more generation under torch.profiler: prints the kernels that take the time and
+    writes a Chrome trace (open in Perfetto) to ``trace_path``."""
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        run_once(Clock(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    prof.export_chrome_trace(trace_path)
+    log(f"wrote profiler trace {trace_path}")
 
 
 class _TokenClock:

@@ -1,5 +1,5 @@
 """Greedy generation over a rewritten graph: owns the KV cache for each cache mode, runs prefill
-(whole or in chunks) and decode steps, and optionally replays decode as a CUDA graph."""
+(whole or in chunks) and decode steps, and optionally replays each step as a CUDA graph."""
 
 import torch
 
@@ -14,14 +14,17 @@ class Generator:
     text positions) and returns float32 logits of the last position, ``[B, V]``.
     """
 
-    def __init__(self, graph, cache_shapes, cache, batch_size, max_len, dtype, device, inplace=True, cudagraph=False):
+    def __init__(self, graph, cache_shapes, cache, batch_size, max_len, dtype, device, inplace=True, cudagraph=False,
+                 first_graph=None):
         if cudagraph and (cache != "static_v2" or not inplace or device.type != "cuda"):
-            raise ValueError("CUDA-graph decode needs --cache static_v2 on a CUDA device with an in-place backend")
-        self.graph, self.cache, self.inplace = graph, cache, inplace
+            raise ValueError("CUDA graphs need --cache static_v2 on a CUDA device with an in-place backend")
+        # static_v2 can have a second graph for a prompt fed into an empty cache (causal flash
+        # attention over the new rows instead of a masked pass over the whole buffer).
+        self.graph, self.first_graph, self.cache, self.inplace = graph, first_graph, cache, inplace
         self.batch_size, self.max_len, self.dtype, self.device = batch_size, max_len, dtype, device
         self.cache_shapes = cache_shapes
         self.cudagraph = cudagraph
-        self.decode_graph = None
+        self.graphs = {}  # sequence length -> captured step
         self.caches = []
         if cache in ("static_v1", "static_v2"):
             self.caches = [
@@ -50,17 +53,17 @@ class Generator:
             raise ValueError(f"{self.length + s} positions exceed the cache length {self.max_len}")
         if position_ids is None:
             position_ids = self.text_positions(s)
-        if self.decode_graph is not None and s == 1:
-            logits = self._replay(x, position_ids)
-        elif self.cudagraph and s == 1 and self.length > 0:
-            logits = self._capture(x, position_ids)
+        fresh = self.length == 0 and self.first_graph is not None
+        if self.cudagraph:
+            graph = self.graphs.get((s, fresh)) or self._capture(x, position_ids, fresh)
+            logits = graph.replay(x, position_ids, self.length)
         else:
-            logits = self._run(x, position_ids)
+            cache_position = torch.arange(self.length, self.length + s, device=self.device)
+            logits = self._run(x, position_ids, cache_position, fresh)
         self.length += s
         return logits
 
-    def _run(self, x, position_ids):
-        cache_position = torch.arange(self.length, self.length + x.shape[1], device=self.device)
+    def _run(self, x, position_ids, cache_position, fresh=False):
         if self.cache == "":
             # No cache: recompute the whole sequence each step.
             self.seen_inputs = x if self.seen_inputs is None else torch.cat([self.seen_inputs, x], 1)
@@ -69,7 +72,8 @@ class Generator:
             )
             return self.graph(self.seen_inputs, self.seen_positions)[0][:, -1].float()
         if self.cache == "static_v2":
-            out = self.graph(x, position_ids, cache_position, *self.caches)
+            graph = self.first_graph if fresh else self.graph
+            out = graph(x, position_ids, cache_position, *self.caches)
         elif self.cache == "static_v1":
             out = self.graph(x, position_ids, *self.caches, self.length)
         else:
@@ -78,30 +82,39 @@ class Generator:
             self.caches = list(out[1:])
         return out[0][:, -1].float()
 
-    def _capture(self, x, position_ids):
-        """Capture one decode step (shapes fixed at one token) and replay it from now on."""
-        self.static_x, self.static_pos = x.clone(), position_ids.clone()
-        self.static_cache_position = torch.tensor([self.length], device=self.device)
-        args = (self.static_x, self.static_pos, self.static_cache_position, *self.caches)
-        # Warm up on a side stream (compilers allocate and autotune here), rewriting the same
-        # rows each time: the step is idempotent, so the cache stays correct.
+    def _capture(self, x, position_ids, fresh):
+        """Capture a step of this many positions as a CUDA graph (once per length: the decode
+        step, and each prefill length), to be replayed with new inputs copied in."""
+        graph = _CapturedStep(self, x, position_ids, fresh)
+        self.graphs[x.shape[1], fresh] = graph
+        return graph
+
+
+class _CapturedStep:
+    """One static_v2 step of fixed length, recorded as a CUDA graph over static input buffers."""
+
+    def __init__(self, gen, x, position_ids, fresh):
+        self.x, self.position_ids = x.clone(), position_ids.clone()
+        self.cache_position = torch.arange(gen.length, gen.length + x.shape[1], device=gen.device)
+        self.offsets = torch.arange(x.shape[1], device=gen.device)
+        # Warm up on a side stream (compilers compile and autotune here). Each run writes the
+        # same cache rows the real step will write, so the cache stays correct.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.graph(*args)
+                gen._run(self.x, self.position_ids, self.cache_position, fresh)
         torch.cuda.current_stream().wait_stream(side)
-        self.decode_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.decode_graph):
-            self.static_logits = self.graph(*args)[0][:, -1].float()
-        return self._replay(x, position_ids)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = gen._run(self.x, self.position_ids, self.cache_position, fresh)
 
-    def _replay(self, x, position_ids):
-        self.static_x.copy_(x)
-        self.static_pos.copy_(position_ids)
-        self.static_cache_position.fill_(self.length)
-        self.decode_graph.replay()
-        return self.static_logits
+    def replay(self, x, position_ids, start):
+        self.x.copy_(x)
+        self.position_ids.copy_(position_ids)
+        torch.add(self.offsets, start, out=self.cache_position)
+        self.graph.replay()
+        return self.logits
 
 
 def prefill(gen, x, position_ids=None, chunk=0):

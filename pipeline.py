@@ -3,6 +3,7 @@ language model (export -> cache pass -> compile -> warm-up) with progress lines,
 top-level error handling that turns bad input into one line and a non-zero exit."""
 
 import argparse
+import copy
 import functools
 import sys
 import time
@@ -12,6 +13,7 @@ import torch
 import backends
 import dynamic_cache
 import export_llm
+import fuse_linears
 import static_cache_v1
 import static_cache_v2
 from generate import CACHE_MODES, Generator, prefill
@@ -67,6 +69,8 @@ def add_common_args(parser):
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
     parser.add_argument("--baseline", default="hf_generate", choices=("hf_generate", "hf_compile", "no_cache", "all"),
                         help="which baseline --enable_pytorch_run measures (default hf_generate)")
+    parser.add_argument("--profile", metavar="TRACE_JSON",
+                        help="with --benchmark: profile one more generation, print its top kernels, save a trace")
     parser.add_argument("--output_json", help="write the run's results to this JSON file (atomically)")
     parser.add_argument("--results_csv", help="append one row per benchmark run to this CSV file")
     return parser
@@ -123,27 +127,35 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
     start = time.perf_counter()
     log(f"exporting {type(module).__name__} with torch.export")
     gm = export_llm.export_graph(module, make_inputs(2), seq_dims, max_len)
+    fuse_linears.apply(gm)
     layers = len(export_llm.attention_nodes(gm))
     inplace = backend != "tensorrt"
+    first = None
     if args.cache == "static_v2":
+        # Same module attributes (weights shared), its own copy of the graph.
+        first = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        static_cache_v2.apply(first, args.batch_size, max_len, inplace=inplace, fresh=True)
         static_cache_v2.apply(gm, args.batch_size, max_len, inplace=inplace)
     elif args.cache == "static_v1":
         static_cache_v1.apply(gm, args.batch_size, max_len)
     elif args.cache == "dynamic":
         dynamic_cache.apply(gm, args.batch_size)
     timings["export_s"] = time.perf_counter() - start
-    log(f"exported: {layers} attention ops, cache {args.cache or 'none'} ({timings['export_s']:.1f} s)")
+    log(f"exported: {layers} attention ops, {gm.meta['fused_linears']} fused linear groups, "
+        f"cache {args.cache or 'none'} ({timings['export_s']:.1f} s)")
 
     start = time.perf_counter()
     log(f"compiling with {backend}" + (" + CUDA-graph decode" if args.cudagraph else ""))
     graph = backends.compile_graph(gm, backend, dtype, max_len, args.min_block_size, args.debug)
+    if first is not None:
+        first = backends.compile_graph(first, backend, dtype, max_len, args.min_block_size, args.debug)
     own_cudagraph = args.cudagraph and backend != "tensorrt"
     if args.cudagraph and not own_cudagraph:
         import tensorrt_backend
 
         tensorrt_backend.enable_cudagraphs(True)
     gen = Generator(graph, gm.meta.get("cache_shapes", []), args.cache, args.batch_size, max_len, dtype, device,
-                    inplace=inplace, cudagraph=own_cudagraph)
+                    inplace=inplace, cudagraph=own_cudagraph, first_graph=first)
     x, positions = warm_inputs
     prefill(gen, x, positions, args.prefill_chunk)
     for _ in range(2):

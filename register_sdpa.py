@@ -9,9 +9,10 @@ Two ops:
 - ``tllm::attention(q, k, v, scale, window)``: causal aligned to the lower right (query i of
   Sq sits at absolute position Sk - Sq + i), optional sliding window. Used with no cache, with
   a concatenated cache, and over a prefix-sliced static cache.
-- ``tllm::cached_attention(q, k_cache, v_cache, q_pos, scale, window)``: attends over a whole
-  fixed-size cache buffer with a mask built from the queries' absolute positions. Fixed shapes
-  for every decode step, so it can be captured in a CUDA graph.
+- ``tllm::cached_attention(q, k_cache, v_cache, mask, scale)``: attends over a whole
+  fixed-size cache buffer with a boolean ``[Sq, max_len]`` mask that the static_v2 pass builds
+  once per distinct window from the queries' absolute positions. Fixed shapes for every decode
+  step, so it can be captured in a CUDA graph.
 """
 
 import torch
@@ -49,6 +50,11 @@ def _masked_gqa_sdpa(q, k, v, mask, scale):
 
 @torch.library.custom_op("tllm::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    # Contiguous, as the fake kernel promises: SDPA kernels return other layouts.
+    return _attention(q, k, v, scale, window).contiguous()
+
+
+def _attention(q, k, v, scale, window):
     sq, sk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if window <= 0 or sk <= window:
@@ -67,15 +73,22 @@ def _attention_fake(q, k, v, scale, window):
 
 @torch.library.custom_op("tllm::cached_attention", mutates_args=())
 def cached_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_pos: torch.Tensor, scale: float, window: int
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    mask = visible_keys(q_pos, k_cache.shape[2], window)
-    return _masked_gqa_sdpa(q, k_cache, v_cache, mask, scale)
+    return _masked_gqa_sdpa(q, k_cache, v_cache, mask, scale).contiguous()
 
 
 @cached_attention.register_fake
-def _cached_attention_fake(q, k_cache, v_cache, q_pos, scale, window):
+def _cached_attention_fake(q, k_cache, v_cache, mask, scale):
     return q.new_empty(q.shape[:-1] + (v_cache.shape[-1],))
+
+
+def register_inductor_decompositions():
+    """Let Inductor see through the decode op (it cannot fuse into an opaque op): each mask's
+    per-group repeat then fuses with the mask itself, once for all layers that share it."""
+    from torch._inductor.decomposition import decompositions
+
+    decompositions[torch.ops.tllm.cached_attention.default] = _masked_gqa_sdpa
 
 
 def _transformers_attention(module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs):
@@ -135,6 +148,5 @@ def register_tensorrt_converters():
 
     @dynamo_tensorrt_converter(torch.ops.tllm.cached_attention.default, supports_dynamic_shapes=True)
     def _cached_attention(ctx, target, args, kwargs, name):
-        q, k_cache, v_cache, q_pos, scale, window = args
-        mask = visible(ctx, target, name, q_pos, k_cache, window)
+        q, k_cache, v_cache, mask, scale = args
         return attend(ctx, target, name, q, k_cache, v_cache, mask, scale)
