@@ -47,6 +47,7 @@ class Generator:
         pos = torch.arange(self.length, self.length + length, device=self.device)
         return pos[None, :].expand(self.batch_size, length)
 
+    @torch.no_grad()
     def step(self, x, position_ids=None):
         s = x.shape[1]
         if self.length + s > self.max_len:

@@ -31,6 +31,12 @@ def eos_ids(model, tokenizer):
     return sorted(ids)
 
 
+def until_eos(tokens, eos):
+    """The tokens up to and including the first EOS (later ones are padding)."""
+    ends = [i for i, t in enumerate(tokens) if t in eos]
+    return tokens[: ends[0] + 1] if ends else tokens
+
+
 def encode_prompt(tokenizer, prompt, chat_template, batch_size, device):
     if chat_template and tokenizer.chat_template:
         ids = tokenizer.apply_chat_template(
@@ -117,13 +123,13 @@ def main(argv=None):
     else:
         stop = [] if args.ignore_eos else eos_ids(model, tokenizer)
         logits = prefill(gen, input_ids, chunk=args.prefill_chunk)
-        new_tokens = greedy(gen, logits, args.num_tokens, stop)
-        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens.tolist()]
+        new_tokens = [until_eos(row, stop) for row in greedy(gen, logits, args.num_tokens, stop).tolist()]
+        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
         for text in texts[:1]:
             print(text)
         result.update(
             input_token_ids=input_ids.tolist(),
-            generated_token_ids=new_tokens.tolist(),
+            generated_token_ids=new_tokens,
             generated_text=texts,
         )
     if args.output_json:

@@ -1,0 +1,155 @@
+"""run_llm.py as a user runs it: the bundled default model's answer, the JSON it writes, the
+benchmark's JSON/CSV on CPU, and one clear line with a non-zero exit for each bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+import models
+from tiny import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, script="run_llm.py", env=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    """A saved tiny Llama (weights, no tokenizer), as a local folder a user would pass."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(tiny_config("llama")).save_pretrained(folder)
+    return folder
+
+
+def test_default_model_answers_paris_like_transformers(tmp_path):
+    out = tmp_path / "run.json"
+    result = run_cli("--cache", "static_v2", "--output_json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    data = json.loads(out.read_text())
+    for key in ("model", "backend", "cache", "precision", "device", "input_token_ids", "generated_token_ids",
+                "generated_text", "versions"):
+        assert key in data, key
+    assert data["backend"] == "eager" and data["cache"] == "static_v2" and data["device"] == "cpu"
+    assert {"torch", "transformers", "python"} <= set(data["versions"])
+    assert "Paris" in data["generated_text"][0]
+
+    folder = models.smollm2_dir()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
+    prompt = torch.tensor(data["input_token_ids"])
+    expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64, do_sample=False)
+    assert data["generated_token_ids"][0] == expected[0, prompt.shape[1]:].tolist()
+
+
+def test_benchmark_json_and_csv_on_cpu(tiny_llama_dir, tmp_path):
+    out, table = tmp_path / "bench.json", tmp_path / "results.csv"
+    common = ["--model", str(tiny_llama_dir), "--benchmark", "--isl", "16", "--num_tokens", "6", "--iterations", "2",
+              "--warmup", "0", "--results_csv", str(table)]
+    first = run_cli(*common, "--output_json", str(out), "--enable_pytorch_run", "--baseline", "all")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(out.read_text())
+    bench = data["benchmark"]
+    for key in ("ttft_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "decode_tokens_per_s", "e2e_ms",
+                "achieved_gb_per_s", "card"):
+        assert key in bench, key
+    assert bench["card"] == "CPU" and 0 < bench["tpot_p50_ms"] <= bench["tpot_p99_ms"]
+    assert set(data["baselines"]) == {"hf_generate", "hf_compile", "no_cache"}
+    assert {"export_s", "compile_s"} <= set(data["timings_s"])
+    assert "speedup" in first.stdout and "hf_generate" in first.stdout
+
+    second = run_cli(*common, "--cache", "static_v1")
+    assert second.returncode == 0, second.stderr
+    rows = list(csv.DictReader(table.open()))
+    assert [r["runner"] for r in rows] == ["pipeline", "hf_generate", "hf_compile", "no_cache", "pipeline"]
+    assert rows[-1]["cache"] == "static_v1" and float(rows[-1]["tpot_p50_ms"]) > 0
+
+
+def test_failed_run_keeps_earlier_results(tiny_llama_dir, tmp_path):
+    out = tmp_path / "keep.json"
+    out.write_text('{"earlier": true}\n')
+    result = run_cli("--model", str(tiny_llama_dir), "--benchmark", "--isl", "131000", "--num_tokens", "100",
+                     "--output_json", str(out))
+    assert result.returncode == 2
+    assert json.loads(out.read_text()) == {"earlier": True}
+
+
+def corrupt_config_dir(tmp_path):
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    return folder
+
+
+def bert_dir(tmp_path):
+    folder = tmp_path / "bert"
+    transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
+    return folder
+
+
+def empty_dir(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    return folder
+
+
+def a_file(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\0" * 16)
+    return path
+
+
+BAD_INPUTS = {
+    "missing path": (lambda t: ["--model", str(t / "nowhere" / "model")], "not a local folder"),
+    "unknown hub id": (lambda t: ["--model", "no-such-org/no-such-model"], "not in the Hugging Face cache"),
+    "file not folder": (lambda t: ["--model", str(a_file(t))], "is a file"),
+    "empty folder": (lambda t: ["--model", str(empty_dir(t))], "no config.json"),
+    "corrupt config": (lambda t: ["--model", str(corrupt_config_dir(t))], "not a valid model config"),
+    "unsupported architecture": (lambda t: ["--model", str(bert_dir(t))], "unsupported architecture"),
+    "unknown cache": (lambda t: ["--cache", "paged"], "--cache"),
+    "unknown precision": (lambda t: ["--precision", "FP8"], "--precision"),
+    "zero tokens": (lambda t: ["--num_tokens", "0"], "must be > 0"),
+    "too long for gpt2": (
+        lambda t: ["--model", "gpt2", "--random_weights", "--benchmark", "--isl", "1000", "--num_tokens", "100"],
+        "1100 positions but the model has 1024",
+    ),
+    "no tokenizer offline": (lambda t: ["--model", "gpt2", "--random_weights"], "no tokenizer"),
+    "random weights unknown": (lambda t: ["--model", "acme/unknown", "--random_weights"], "bundled config"),
+}
+if not torch.cuda.is_available():
+    BAD_INPUTS["no GPU"] = (lambda t: ["--device", "cuda"], "no CUDA GPU")
+    BAD_INPUTS["tensorrt without GPU"] = (lambda t: ["--backend", "tensorrt"], "needs a CUDA GPU")
+    BAD_INPUTS["cudagraph on CPU"] = (lambda t: ["--cudagraph"], "CUDA")
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(case, tmp_path):
+    make_args, message = BAD_INPUTS[case]
+    result = run_cli(*make_args(tmp_path))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_tensorrt_absent_is_explained(monkeypatch):
+    import backends
+    from utils import UserError
+
+    monkeypatch.setattr(backends, "tensorrt_import_error", lambda: "ModuleNotFoundError: No module named 'tensorrt'")
+    with pytest.raises(UserError, match="torch_tensorrt is not usable here"):
+        backends.choose_backend("tensorrt", torch.device("cuda"))
+    assert backends.choose_backend("auto", torch.device("cuda")) == "inductor"
+    assert backends.choose_backend("auto", torch.device("cpu")) == "eager"
