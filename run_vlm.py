@@ -214,11 +214,12 @@ def main(argv=None):
         "precision": args.precision,
         "device": str(device),
         "batch_size": args.batch_size,
+        "isl": prompt_len,
+        "num_tokens": args.num_tokens,
         "timings_s": timings,
         "versions": versions(),
     }
     if args.benchmark:
-        result["isl"] = prompt_len
         result["benchmark"] = benchmark.run(gen, input_ids, args, vlm.text_model, device, vision=vision,
                                             embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
         if args.enable_pytorch_run:
