@@ -112,6 +112,8 @@ def main(argv=None):
         "precision": args.precision,
         "device": str(device),
         "batch_size": args.batch_size,
+        "isl": prompt_len,
+        "num_tokens": args.num_tokens,
         "timings_s": timings,
         "versions": versions(),
     }

@@ -20,28 +20,29 @@ CPU = torch.device("cpu")
 TOL = 1e-4
 
 
-def tiny_pair(family):
-    """(model with our attention op, the same weights under transformers' SDPA)."""
+def tiny_pair(family, dtype=torch.float32, device=CPU):
+    """(model with our attention op in ``dtype``, the same weights under transformers' SDPA in FP32)."""
     config = tiny_config(family)
     torch.manual_seed(0)
-    ours = transformers.AutoModelForCausalLM.from_config(
-        copy.deepcopy(config), attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=torch.float32
-    ).eval()
     ref = transformers.AutoModelForCausalLM.from_config(
         copy.deepcopy(config), attn_implementation="sdpa", dtype=torch.float32
     ).eval()
-    ref.load_state_dict(ours.state_dict())
+    ours = transformers.AutoModelForCausalLM.from_config(
+        copy.deepcopy(config), attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=dtype
+    ).eval()
+    ours.load_state_dict(ref.state_dict())
+    ours, ref = ours.to(device), ref.to(device)
     ref.generation_config.eos_token_id = None  # tiny vocabularies don't hold the real EOS ids
     return ours, ref
 
 
-def build(model, prompt, cache, backend="eager", chunk=0, max_len=PROMPT + DECODE):
-    args = add_common_args(ArgumentParser()).parse_args(
-        ["--cache", cache, "--backend", backend, "--prefill_chunk", str(chunk), "--batch_size", str(len(prompt))]
-    )
+def build(model, prompt, cache, backend="eager", chunk=0, max_len=PROMPT + DECODE, cudagraph=False):
+    flags = ["--cache", cache, "--backend", backend, "--prefill_chunk", str(chunk), "--batch_size", str(len(prompt))]
+    args = add_common_args(ArgumentParser()).parse_args(flags + (["--cudagraph"] if cudagraph else []))
     check_args(args)
-    make_inputs = run_llm.text_inputs(len(prompt), model.config.vocab_size, CPU)
-    gen, _, _ = build_generator(LastLogits(model), make_inputs, (1, 1), args, CPU, torch.float32, max_len, (prompt, None))
+    make_inputs = run_llm.text_inputs(len(prompt), model.config.vocab_size, prompt.device)
+    gen, _, _ = build_generator(LastLogits(model), make_inputs, (1, 1), args, prompt.device, model.dtype, max_len,
+                                (prompt, None))
     return gen
 
 

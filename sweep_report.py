@@ -1,0 +1,101 @@
+"""Collect sweep cells into results.jsonl and turn them into a Markdown table and a plot.
+
+    python sweep_report.py --append results.jsonl --cell cell.json
+    python sweep_report.py --append results.jsonl --failed NAME --error "..." --cell-args "..."
+    python sweep_report.py --report OUT_DIR   # OUT_DIR/results.jsonl -> results.md, tpot.png
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from utils import write_atomic
+
+COLUMNS = [("model", "model"), ("runner", "runner"), ("backend", "backend"), ("cache", "cache"),
+           ("precision", "prec"), ("isl", "ISL"), ("ttft_ms", "TTFT ms"), ("tpot_p50_ms", "TPOT p50 ms"),
+           ("tpot_p99_ms", "TPOT p99 ms"), ("decode_tokens_per_s", "tok/s"), ("pct_of_bandwidth", "% floor"),
+           ("compile_s", "compile s")]
+
+
+def append(path, record):
+    with open(path, "a") as f:  # one line per cell, appended whole
+        f.write(json.dumps(record) + "\n")
+
+
+def rows(records):
+    """Flatten each cell into one row per runner (pipeline and baselines)."""
+    out = []
+    for r in records:
+        if "error" in r:
+            out.append({"model": r["cell"], "runner": "FAILED", "backend": r["error"][:80]})
+            continue
+        common = dict(model=r["model"], cache=r["cache"], precision=r["precision"], isl=r["isl"])
+        out.append(dict(common, runner="pipeline", backend=r["backend"], **r["benchmark"], **r["timings_s"]))
+        for name, stats in r.get("baselines", {}).items():
+            out.append(dict(common, runner=name, backend="pytorch", **stats))
+    return out
+
+
+def fmt(value):
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+def report(folder):
+    folder = Path(folder)
+    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+    table = rows(records)
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(row.get(key)) for key, _ in COLUMNS) + " |" for row in table]
+    write_atomic(folder / "results.md", "\n".join(lines) + "\n")
+    plot(table, folder / "tpot.png")
+
+
+def plot(table, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in table if r["runner"] != "FAILED"]
+    if not ok:
+        return
+    labels = sorted({f"{r['model'].split('/')[-1]}\nISL {r['isl']}" for r in ok})
+    runners = sorted({r["runner"] for r in ok}, key=lambda n: (n != "pipeline", n))
+    width = 0.8 / len(runners)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
+    for i, runner in enumerate(runners):
+        values = {f"{r['model'].split('/')[-1]}\nISL {r['isl']}": r["tpot_p50_ms"] for r in ok if r["runner"] == runner}
+        xs = [j + i * width for j, label in enumerate(labels) if label in values]
+        ax.bar(xs, [values[label] for label in labels if label in values], width, label=runner)
+    ax.set_xticks([j + width * (len(runners) - 1) / 2 for j in range(len(labels))], labels, fontsize=8)
+    ax.set_ylabel("TPOT p50 (ms, lower is better)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("Decode time per output token")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--append")
+    parser.add_argument("--cell")
+    parser.add_argument("--failed")
+    parser.add_argument("--error", default="")
+    parser.add_argument("--cell-args", default="")
+    parser.add_argument("--report")
+    args = parser.parse_args()
+    if args.append and args.cell:
+        append(args.append, json.loads(Path(args.cell).read_text()))
+    elif args.append and args.failed:
+        append(args.append, {"cell": args.failed, "error": args.error, "args": args.cell_args})
+    if args.report:
+        report(args.report)
+
+
+if __name__ == "__main__":
+    main()
