@@ -115,7 +115,7 @@ class _CapturedStep:
         self.position_ids.copy_(position_ids)
         torch.add(self.offsets, start, out=self.cache_position)
         self.graph.replay()
-        return self.logits
+        return self.logits.clone()  # the next replay overwrites the static buffer
 
 
 def prefill(gen, x, position_ids=None, chunk=0):
