@@ -16,8 +16,8 @@ import export_llm
 import fuse_linears
 import static_cache_v1
 import static_cache_v2
-from generate import CACHE_MODES, Generator, prefill
-from utils import PRECISIONS, UserError, log
+from generate import CACHE_MODES, Generator, greedy, prefill
+from utils import PRECISIONS, UserError, log, versions, write_json
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -167,3 +167,46 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
     timings["compile_s"] = time.perf_counter() - start
     log(f"compiled ({timings['compile_s']:.1f} s)")
     return gen, backend, timings
+
+
+def run_record(args, model, source, backend, device, prompt_len, timings, **extra):
+    """The JSON fields every run shares (run_llm.py and run_vlm.py add their own)."""
+    return {
+        "model": model,
+        "source": str(source),
+        "random_weights": args.random_weights,
+        **extra,
+        "backend": backend,
+        "cache": args.cache,
+        "cudagraph": args.cudagraph,
+        "precision": args.precision,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "isl": prompt_len,
+        "num_tokens": args.num_tokens,
+        "timings_s": timings,
+        "versions": versions(),
+    }
+
+
+def until_eos(tokens, eos):
+    """The tokens up to and including the first EOS (later ones are padding)."""
+    ends = [i for i, t in enumerate(tokens) if t in eos]
+    return tokens[: ends[0] + 1] if ends else tokens
+
+
+def generate_text(gen, x, position_ids, input_ids, args, tokenizer, eos_ids, embed=None, decode_positions=None):
+    """Greedy generation from a prompt; prints the first row's text, returns the JSON fields."""
+    stop = [] if args.ignore_eos else eos_ids
+    logits = prefill(gen, x, position_ids, args.prefill_chunk)
+    rows = greedy(gen, logits, args.num_tokens, stop, embed=embed, decode_positions=decode_positions).tolist()
+    new_tokens = [until_eos(row, stop) for row in rows]
+    texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    print(texts[0])
+    return dict(input_token_ids=input_ids.tolist(), generated_token_ids=new_tokens, generated_text=texts)
+
+
+def write_result(result, args):
+    if args.output_json:
+        write_json(args.output_json, result)
+        log(f"wrote {args.output_json}")

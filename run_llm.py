@@ -12,9 +12,9 @@ import torch
 import benchmark
 import models
 from export_llm import LastLogits
-from generate import greedy, prefill
-from pipeline import ArgumentParser, add_common_args, build_generator, check_args, check_length, cli_main
-from utils import UserError, log, resolve_device, resolve_dtype, versions, write_json
+from pipeline import (ArgumentParser, add_common_args, build_generator, check_args, check_length, cli_main,
+                      generate_text, run_record, write_result)
+from utils import UserError, log, resolve_device, resolve_dtype
 
 DEFAULT_PROMPT = "What is the capital of France?"
 
@@ -29,12 +29,6 @@ def eos_ids(model, tokenizer):
         value = getattr(source, "eos_token_id", None) if source is not None else None
         ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
     return sorted(ids)
-
-
-def until_eos(tokens, eos):
-    """The tokens up to and including the first EOS (later ones are padding)."""
-    ends = [i for i, t in enumerate(tokens) if t in eos]
-    return tokens[: ends[0] + 1] if ends else tokens
 
 
 def encode_prompt(tokenizer, prompt, chat_template, batch_size, device):
@@ -102,42 +96,15 @@ def main(argv=None):
         LastLogits(model), make_inputs, (1, 1), args, device, dtype, max_len, (input_ids, None)
     )
     timings["load_s"] = load_s
-    result = {
-        "model": args.model or models.DEFAULT_MODEL,
-        "source": str(source),
-        "random_weights": args.random_weights,
-        "backend": backend,
-        "cache": args.cache,
-        "cudagraph": args.cudagraph,
-        "precision": args.precision,
-        "device": str(device),
-        "batch_size": args.batch_size,
-        "isl": prompt_len,
-        "num_tokens": args.num_tokens,
-        "timings_s": timings,
-        "versions": versions(),
-    }
+    result = run_record(args, args.model or models.DEFAULT_MODEL, source, backend, device, prompt_len, timings)
     if args.benchmark:
         result["benchmark"] = benchmark.run(gen, input_ids, args, model, device)
         if args.enable_pytorch_run:
             result["baselines"] = benchmark.run_baselines(model, input_ids, args, device)
         benchmark.report(result, args)
     else:
-        stop = [] if args.ignore_eos else eos_ids(model, tokenizer)
-        logits = prefill(gen, input_ids, chunk=args.prefill_chunk)
-        new_tokens = [until_eos(row, stop) for row in greedy(gen, logits, args.num_tokens, stop).tolist()]
-        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
-        for text in texts[:1]:
-            print(text)
-        result.update(
-            input_token_ids=input_ids.tolist(),
-            generated_token_ids=new_tokens,
-            generated_text=texts,
-        )
-    if args.output_json:
-        write_json(args.output_json, result)
-        log(f"wrote {args.output_json}")
-
+        result.update(generate_text(gen, input_ids, None, input_ids, args, tokenizer, eos_ids(model, tokenizer)))
+    write_result(result, args)
 
 if __name__ == "__main__":
     main()

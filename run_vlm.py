@@ -20,10 +20,10 @@ import eagle2
 import export_llm
 import models
 import qwen_vl
-from generate import greedy, prefill
-from pipeline import ArgumentParser, add_common_args, build_generator, check_args, check_length, cli_main, positive_int
+from pipeline import (ArgumentParser, add_common_args, build_generator, check_args, check_length, cli_main,
+                      generate_text, positive_int, run_record, write_result)
 from run_llm import max_positions, resolve_precision
-from utils import UserError, log, resolve_device, versions, write_json
+from utils import UserError, log, resolve_device
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_PROMPT = "Describe this image."
@@ -201,24 +201,8 @@ def main(argv=None):
         vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), args, device, dtype, max_len, (embeds, position_ids)
     )
     timings.update(load_s=load_s, vision_compile_s=vision_compile_s)
-    result = {
-        "model": args.model,
-        "source": str(vlm.source),
-        "random_weights": args.random_weights,
-        "image": str(image_path),
-        "image_tokens": vlm.num_image_tokens,
-        "vision": mode,
-        "backend": backend,
-        "cache": args.cache,
-        "cudagraph": args.cudagraph,
-        "precision": args.precision,
-        "device": str(device),
-        "batch_size": args.batch_size,
-        "isl": prompt_len,
-        "num_tokens": args.num_tokens,
-        "timings_s": timings,
-        "versions": versions(),
-    }
+    result = run_record(args, args.model, vlm.source, backend, device, prompt_len, timings, image=str(image_path),
+                        image_tokens=vlm.num_image_tokens, vision=mode)
     if args.benchmark:
         result["benchmark"] = benchmark.run(gen, input_ids, args, vlm.text_model, device, vision=vision,
                                             embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
@@ -227,22 +211,9 @@ def main(argv=None):
             result["baselines"] = benchmark.run_baselines(model, input_ids, args, device, extra_inputs, vlm.text_model)
         benchmark.report(result, args)
     else:
-        stop = [] if args.ignore_eos else vlm.eos_ids()
-        logits = prefill(gen, embeds, position_ids, args.prefill_chunk)
-        new_tokens = greedy(gen, logits, args.num_tokens, stop, embed=vlm.embed_tokens,
-                            decode_positions=vlm.decode_positions)
-        texts = [vlm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens.tolist()]
-        for text in texts[:1]:
-            print(text)
-        result.update(
-            input_token_ids=input_ids.tolist(),
-            generated_token_ids=new_tokens.tolist(),
-            generated_text=texts,
-        )
-    if args.output_json:
-        write_json(args.output_json, result)
-        log(f"wrote {args.output_json}")
-
+        result.update(generate_text(gen, embeds, position_ids, input_ids, args, vlm.tokenizer, vlm.eos_ids(),
+                                    embed=vlm.embed_tokens, decode_positions=vlm.decode_positions))
+    write_result(result, args)
 
 if __name__ == "__main__":
     main()
