@@ -45,8 +45,13 @@ def offline_tokenizer_dir(config):
     return None
 
 
+VISION_LANGUAGE_TYPES = {"qwen2_5_vl", "eagle_chat"}
+
+
 def _check_architecture(config, supported):
     archs = getattr(config, "architectures", None) or []
+    if supported is TEXT_ARCHITECTURES and config.model_type in VISION_LANGUAGE_TYPES:
+        raise UserError(f"{archs[0] if archs else config.model_type} is a vision-language model: use run_vlm.py")
     if not any(a in supported for a in archs):
         raise UserError(
             f"unsupported architecture {archs or config.model_type!r}; supported: {', '.join(sorted(supported))}"
@@ -86,6 +91,8 @@ def load_config(model, random_weights):
 def _read_config_file(path):
     try:
         data = json.loads(Path(path).read_text())
+        if data.get("model_type") in VISION_LANGUAGE_TYPES - set(transformers.CONFIG_MAPPING):
+            raise UserError(f"{path}: model type {data['model_type']!r} is a vision-language model: use run_vlm.py")
         config_class = transformers.CONFIG_MAPPING[data["model_type"]]
         return config_class.from_dict(data)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:

@@ -24,7 +24,7 @@ mkdir -p "$OUT/cells" "$OUT/logs"
 total=0; failed=0
 for model in $MODELS; do for backend in $BACKENDS; do for cache in $CACHES; do
 for precision in $PRECISIONS; do for isl in $ISLS; do
-  name=$(echo "${model}_${backend}_${cache:-none}_${precision}_${isl}" | tr '/' '-')
+  name=$(echo "${model}_${backend}_${cache:-none}_${precision}_${isl}" | tr '/' '-' | sed 's/^-*//')
   cell_args=(--model "$model" --backend "$backend" --cache "$cache" --precision "$precision" --isl "$isl"
              --num_tokens "$NUM_TOKENS" --benchmark $ARGS)
   [[ " $ARGS " == *" --cudagraph "* && "$cache" != static_v2 ]] && cell_args=("${cell_args[@]/--cudagraph}")
@@ -32,13 +32,13 @@ for precision in $PRECISIONS; do for isl in $ISLS; do
   echo "[sweep] $total: $name" >&2
   if "$PYTHON" run_llm.py "${cell_args[@]}" --output_json "$OUT/cells/$name.json" \
        --results_csv "$OUT/results.csv" > "$OUT/logs/$name.out" 2> "$OUT/logs/$name.log"; then
-    "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --cell "$OUT/cells/$name.json"
+    "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --cell="$OUT/cells/$name.json"
   else
     failed=$((failed + 1))
     error=$(grep -m1 '^error:' "$OUT/logs/$name.log" || tail -n1 "$OUT/logs/$name.log")
     echo "[sweep] failed: $error" >&2
-    "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --failed "$name" --error "$error" \
-      --cell-args "${cell_args[*]}"
+    "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --failed="$name" --error="$error" \
+      --cell-args="${cell_args[*]}"
   fi
 done; done; done; done; done
 "$PYTHON" sweep_report.py --report "$OUT"

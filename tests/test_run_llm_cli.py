@@ -120,12 +120,13 @@ BAD_INPUTS = {
     "unsupported architecture": (lambda t: ["--model", str(bert_dir(t))], "unsupported architecture"),
     "unknown cache": (lambda t: ["--cache", "paged"], "--cache"),
     "unknown precision": (lambda t: ["--precision", "FP8"], "--precision"),
-    "zero tokens": (lambda t: ["--num_tokens", "0"], "must be > 0"),
+    "zero tokens": (lambda t: ["--num_tokens", "0"], "must be >= 1"),
     "too long for gpt2": (
         lambda t: ["--model", "gpt2", "--random_weights", "--benchmark", "--isl", "1000", "--num_tokens", "100"],
         "1100 positions but the model has 1024",
     ),
     "no tokenizer offline": (lambda t: ["--model", "gpt2", "--random_weights"], "no tokenizer"),
+    "vision-language model": (lambda t: ["--model", "nvidia/Eagle2-2B", "--random_weights"], "use run_vlm.py"),
     "random weights unknown": (lambda t: ["--model", "acme/unknown", "--random_weights"], "bundled config"),
 }
 if not torch.cuda.is_available():
@@ -153,3 +154,20 @@ def test_tensorrt_absent_is_explained(monkeypatch):
         backends.choose_backend("tensorrt", torch.device("cuda"))
     assert backends.choose_backend("auto", torch.device("cuda")) == "inductor"
     assert backends.choose_backend("auto", torch.device("cpu")) == "eager"
+
+
+def test_sweep_records_failures_and_keeps_earlier_results(tiny_llama_dir, tmp_path):
+    env = {"PYTHON": sys.executable, "OUT": str(tmp_path / "sweep"), "MODELS": str(tiny_llama_dir),
+           "BACKENDS": "eager", "CACHES": "static_v2 bogus", "ISLS": "8", "NUM_TOKENS": "3",
+           "ARGS": "--iterations 1 --warmup 0"}
+    for _ in range(2):
+        result = subprocess.run(["bash", os.path.join(ROOT, "sweep.sh")], capture_output=True, text=True,
+                                timeout=600, env={**os.environ, **env})
+        assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4  # the second sweep appended; nothing was lost
+    assert sum("error" in r for r in records) == 2 and "--cache" in records[1]["error"]
+    assert records[0]["benchmark"]["tpot_p50_ms"] > 0
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "FAILED" in table and "pipeline" in table
+    assert (tmp_path / "sweep" / "tpot.png").stat().st_size > 1000
