@@ -147,7 +147,7 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
         f"cache {args.cache or 'none'} ({timings['export_s']:.1f} s)")
 
     start = time.perf_counter()
-    log(f"compiling with {backend}" + (" + CUDA-graph decode" if args.cudagraph else ""))
+    log(f"compiling with {backend}" + (" + CUDA graphs" if args.cudagraph else ""))
     graph = backends.compile_graph(gm, backend, dtype, max_len, args.min_block_size, args.debug)
     if first is not None:
         first = backends.compile_graph(first, backend, dtype, max_len, args.min_block_size, args.debug)

@@ -29,6 +29,27 @@ def _dynamic_shapes(gm, args, max_len):
     return tuple(specs)
 
 
+def _traceable(args, specs):
+    """Example inputs whose dynamic sizes are at least 2: export specialises sizes (and ints)
+    of 0 and 1, as a first step with an empty cache or a one-token prompt would give. Only
+    shapes matter for tracing, so the stand-ins are zeros."""
+    out = []
+    for arg, spec in zip(args, specs):
+        if isinstance(spec, dict) and any(arg.shape[d] < 2 for d in spec):
+            arg = arg.new_zeros([max(2, n) if d in spec else n for d, n in enumerate(arg.shape)])
+        elif spec is Dim.DYNAMIC and arg < 2:
+            arg = 2
+        out.append(arg)
+    return tuple(out)
+
+
+def export_for_tensorrt(gm, args, max_len):
+    """The rewritten graph as an ExportedProgram, which is what torch_tensorrt.dynamo.compile
+    takes; its symbolic shapes become the engines' optimisation profiles."""
+    specs = _dynamic_shapes(gm, args, max_len)
+    return torch.export.export(gm, _traceable(args, specs), dynamic_shapes=specs, strict=False)
+
+
 def compile(gm, dtype, max_len, min_block_size, debug):
     """Returns a callable that builds the engine on its first call, then runs it."""
     import torch_tensorrt
@@ -39,7 +60,7 @@ def compile(gm, dtype, max_len, min_block_size, debug):
     def run(*args):
         nonlocal compiled
         if compiled is None:
-            ep = torch.export.export(gm, tuple(args), dynamic_shapes=_dynamic_shapes(gm, args, max_len), strict=False)
+            ep = export_for_tensorrt(gm, args, max_len)
             settings = dict(
                 arg_inputs=list(args),
                 min_block_size=min_block_size,

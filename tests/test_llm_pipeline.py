@@ -133,3 +133,39 @@ def test_inductor_backend_matches_transformers():
     gen = build(ours, sequence[:, :PROMPT], "static_v2", backend="inductor")
     errors = teacher_forced_errors(gen, ref, sequence[:, : PROMPT + 8])
     assert max(errors) < TOL, errors
+
+
+@pytest.mark.parametrize("cache", ["static_v2", "static_v1", "dynamic", ""])
+def test_graph_reexports_for_tensorrt(cache):
+    """The step before torch_tensorrt.dynamo.compile (which cannot run here): the rewritten
+    graph, in the functional form TensorRT gets, re-exports with dynamic sequence (and cache)
+    lengths, and the exported program computes what the graph computes at other lengths."""
+    import dynamic_cache
+    import export_llm
+    import fuse_linears
+    import static_cache_v1
+    import static_cache_v2
+    import tensorrt_backend
+    from generate import Generator
+
+    ours, _ = tiny_pair("gemma3")
+    make_inputs = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
+    max_len = PROMPT + DECODE
+    gm = export_llm.export_graph(LastLogits(ours), make_inputs(2), (1, 1), max_len)
+    fuse_linears.apply(gm)
+    passes = {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=False),
+              "static_v1": lambda: static_cache_v1.apply(gm, 1, max_len),
+              "dynamic": lambda: dynamic_cache.apply(gm, 1), "": lambda: gm}
+    passes[cache]()
+    calls = []
+    gen = Generator(lambda *args: calls.append(args) or gm(*args), gm.meta.get("cache_shapes", []), cache, 1,
+                    max_len, torch.float32, CPU, inplace=False)
+    prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT))
+    with torch.no_grad():
+        prefill(gen, prompt)
+        ep = tensorrt_backend.export_for_tensorrt(gm, calls[0], max_len)
+        gen.step(prompt[:, :1])
+        gen.step(prompt[:, :1])
+        for args in calls[1:]:  # later steps: other sequence and cache lengths, same program
+            for want, got in zip(gm(*args), ep.module()(*args)):
+                torch.testing.assert_close(got, want)
