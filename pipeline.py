@@ -203,7 +203,9 @@ def generate_text(gen, x, position_ids, input_ids, args, tokenizer, eos_ids, emb
     logits = prefill(gen, x, position_ids, args.prefill_chunk)
     rows = greedy(gen, logits, args.num_tokens, stop, embed=embed, decode_positions=decode_positions).tolist()
     new_tokens = [until_eos(row, stop) for row in rows]
-    texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    # (BPE tokenizers ignore the clean-up anyway; saying so silences their warning)
+    texts = [tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+             for row in new_tokens]
     print(texts[0])
     return dict(input_token_ids=input_ids.tolist(), generated_token_ids=new_tokens, generated_text=texts)
 
