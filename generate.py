@@ -20,11 +20,11 @@ class Generator:
             raise ValueError("CUDA graphs need --cache static_v2 on a CUDA device with an in-place backend")
         # static_v2 can have a second graph for a prompt fed into an empty cache (causal flash
         # attention over the new rows instead of a masked pass over the whole buffer).
-        self.graph, self.first_graph, self.cache, self.inplace = graph, first_graph, cache, inplace
+        self.graph, self.first_graph, self.cache = graph, first_graph, cache
         self.batch_size, self.max_len, self.dtype, self.device = batch_size, max_len, dtype, device
         self.cache_shapes = cache_shapes
         self.cudagraph = cudagraph
-        self.graphs = {}  # sequence length -> captured step
+        self.graphs = {}  # (sequence length, into an empty cache) -> captured step
         self.caches = []
         if cache in ("static_v1", "static_v2"):
             self.caches = [
