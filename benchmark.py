@@ -74,6 +74,11 @@ def decode_bytes(model, batch_size, context_len, dtype):
     return weights + kv
 
 
+def _step_bytes(model, input_ids, args, dtype):
+    """decode_bytes at the average context of a benchmark run (prompt + half the new tokens)."""
+    return decode_bytes(model, args.batch_size, input_ids.shape[1] + args.num_tokens / 2, dtype)
+
+
 def summarize(ttfts, step_ms, e2es, batch_size, bytes_per_step, device):
     tpot_p50 = statistics.median(step_ms)
     stats = {
@@ -142,9 +147,7 @@ def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_pos
     ttfts, steps, e2es = timed_runs("pipeline", args, device, once)
     if args.profile:
         profile(once, args.profile, device)
-    context = input_ids.shape[1] + args.num_tokens / 2
-    stats = summarize(ttfts, steps, e2es, args.batch_size, decode_bytes(model, args.batch_size, context, gen.dtype),
-                      device)
+    stats = summarize(ttfts, steps, e2es, args.batch_size, _step_bytes(model, input_ids, args, gen.dtype), device)
     if vision is not None:
         vision_ms = [c.elapsed_ms()[0] for c in vision_clocks[args.warmup:args.warmup + args.iterations]]
         stats["vision_ms"] = statistics.median(vision_ms)
@@ -197,6 +200,7 @@ def run_baselines(model, input_ids, args, device, extra_inputs=None, text_model=
     previous = {name: getattr(model.config, name)._attn_implementation for name in model.config.sub_configs}
     previous[""] = model.config._attn_implementation
     model.set_attn_implementation("sdpa")  # stock transformers, not our op
+    bytes_per_step = _step_bytes(text_model or model, input_ids, args, model.dtype)
     results = {}
     try:
         for name in names:
@@ -207,9 +211,7 @@ def run_baselines(model, input_ids, args, device, extra_inputs=None, text_model=
             ttfts, steps, e2es = timed_runs(name, args, device, lambda clock: run_once(model, input_ids, args, clock,
                                                                                        name == "hf_compile",
                                                                                        extra_inputs))
-            context = input_ids.shape[1] + args.num_tokens / 2
-            results[name] = summarize(ttfts, steps, e2es, args.batch_size,
-                                      decode_bytes(text_model or model, args.batch_size, context, model.dtype), device)
+            results[name] = summarize(ttfts, steps, e2es, args.batch_size, bytes_per_step, device)
     finally:
         model.set_attn_implementation(previous)
     return results

@@ -6,6 +6,8 @@ length and ``start_idx`` dynamic, as the cache mode needs) and handed to
 uses the functional form of static_v2 (updated caches come back as outputs).
 """
 
+import contextlib
+
 import torch
 from torch.export import Dim
 
@@ -72,10 +74,7 @@ def compile(gm, dtype, max_len, min_block_size, debug):
                 immutable_weights=True,
             )
             log(f"building TensorRT engines (min_block_size={min_block_size})")
-            if debug:
-                with torch_tensorrt.logging.debug():
-                    compiled = torch_tensorrt.dynamo.compile(ep, **settings)
-            else:
+            with torch_tensorrt.logging.debug() if debug else contextlib.nullcontext():
                 compiled = torch_tensorrt.dynamo.compile(ep, **settings)
         return compiled(*args)
 
