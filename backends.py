@@ -8,6 +8,7 @@ import register_sdpa
 from utils import UserError, log
 
 BACKENDS = ("auto", "tensorrt", "inductor", "eager")
+TUNE_MODES = ("decode", "all", "none")
 
 
 def tensorrt_import_error():
@@ -41,21 +42,21 @@ def choose_backend(requested, device):
     return requested
 
 
-def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False):
+def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False, tune=True):
     """A callable with the graph's calling convention, compiled for ``backend`` (compilers
-    compile on the first call)."""
+    compile on the first call). ``tune``: Inductor tunes its kernels' launch parameters."""
     if backend == "eager":
         return gm
     if backend == "inductor":
         register_sdpa.register_inductor_decompositions()
-        # Tunes the launch parameters of each generated kernel: decode is a chain of small,
-        # latency-bound kernels, where this pays (at some compile time).
-        torch._inductor.config.coordinate_descent_tuning = True
         if debug:
             torch._logging.set_logs(recompiles=True, graph_breaks=True, perf_hints=True)
+        # Coordinate-descent tuning of each generated kernel's launch parameters: decode is a
+        # chain of small, latency-bound kernels, where this pays (at some compile time).
+        options = {"coordinate_descent_tuning": tune}
         # Static shapes per distinct length (one decode shape, one prefill shape per prompt
         # length); a third length switches that dimension to dynamic on its own.
-        return torch.compile(gm, fullgraph=True)
+        return torch.compile(gm, fullgraph=True, options=options)
     if backend == "tensorrt":
         import tensorrt_backend
 

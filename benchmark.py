@@ -152,7 +152,15 @@ def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_pos
         vision_ms = [c.elapsed_ms()[0] for c in vision_clocks[args.warmup:args.warmup + args.iterations]]
         stats["vision_ms"] = statistics.median(vision_ms)
         stats["prefill_ms"] = statistics.median(t - v for t, v in zip(ttfts, vision_ms))
+    log_summary("pipeline", stats)
     return stats
+
+
+def log_summary(name, stats):
+    """One line per runner as soon as it is measured, so a run cut short (a slow baseline, a
+    sweep's time limit) still shows what was measured before."""
+    log(f"{name}: TTFT {stats['ttft_ms']:.2f} ms, TPOT p50 {stats['tpot_p50_ms']:.3f} ms, "
+        f"{stats['decode_tokens_per_s']:.1f} tokens/s")
 
 
 def profile(run_once, trace_path, device):
@@ -193,7 +201,7 @@ def run_baselines(model, input_ids, args, device, extra_inputs=None, text_model=
     For a VLM, ``extra_inputs()`` returns more generate() inputs (pixels, or the prompt's
     embeddings) and is called inside the timed region; ``text_model`` is the part whose weights
     a decode step reads (for the bandwidth figures). The no-cache loop is text-only."""
-    names = ["hf_generate", "hf_compile", "no_cache"] if args.baseline == "all" else [args.baseline]
+    names = ["hf_generate", "hf_compile", "no_cache"] if "all" in args.baseline else list(dict.fromkeys(args.baseline))
     if extra_inputs is not None:
         names = [name for name in names if name != "no_cache"]
     # Per sub-model (a VLM's vision tower may use another implementation than its text model).
@@ -212,6 +220,7 @@ def run_baselines(model, input_ids, args, device, extra_inputs=None, text_model=
                                                                                        name == "hf_compile",
                                                                                        extra_inputs))
             results[name] = summarize(ttfts, steps, e2es, args.batch_size, bytes_per_step, device)
+            log_summary(name, results[name])
     finally:
         model.set_attn_implementation(previous)
     return results

@@ -63,14 +63,21 @@ def add_common_args(parser):
     parser.add_argument("--cudagraph", action="store_true", help="replay each decode step as a CUDA graph (static_v2)")
     parser.add_argument("--min_block_size", type=positive_int, default=1, help="TensorRT: smallest subgraph to convert")
     parser.add_argument("--debug", action="store_true", help="verbose compiler logging")
+    parser.add_argument(
+        "--tune", default="decode", choices=backends.TUNE_MODES,
+        help="Inductor: coordinate-descent tuning of the generated kernels for the decode graph only (default), "
+             "for every graph (prefill and vision encoder too), or none (fastest compile)",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--benchmark", action="store_true", help="time prefill and decode on random prompt ids")
     parser.add_argument("--isl", type=positive_int, default=2048, help="benchmark prompt length (input sequence length)")
     parser.add_argument("--iterations", type=positive_int, default=5, help="timed benchmark iterations")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed benchmark iterations first")
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
-    parser.add_argument("--baseline", default="hf_generate", choices=("hf_generate", "hf_compile", "no_cache", "all"),
-                        help="which baseline --enable_pytorch_run measures (default hf_generate)")
+    parser.add_argument("--baseline", nargs="+", default=["hf_generate"],
+                        choices=("hf_generate", "hf_compile", "no_cache", "all"),
+                        help="which baselines --enable_pytorch_run measures, one or more (default hf_generate; "
+                             "all: the three)")
     parser.add_argument("--profile", metavar="TRACE_JSON",
                         help="with --benchmark: profile one more generation, print its top kernels, save a trace")
     parser.add_argument("--output_json", help="write the run's results to this JSON file (atomically)")
@@ -148,9 +155,11 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
 
     start = time.perf_counter()
     log(f"compiling with {backend}" + (" + CUDA graphs" if args.cudagraph else ""))
-    graph = backends.compile_graph(gm, backend, dtype, max_len, args.min_block_size, args.debug)
+    graph = backends.compile_graph(gm, backend, dtype, max_len, args.min_block_size, args.debug,
+                                   tune=args.tune != "none")
     if first is not None:
-        first = backends.compile_graph(first, backend, dtype, max_len, args.min_block_size, args.debug)
+        first = backends.compile_graph(first, backend, dtype, max_len, args.min_block_size, args.debug,
+                                       tune=args.tune == "all")
     own_cudagraph = args.cudagraph and backend != "tensorrt"
     if args.cudagraph and not own_cudagraph:
         import tensorrt_backend

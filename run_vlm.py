@@ -79,7 +79,8 @@ def build_vision(vlm, mode, args, backend, device, dtype):
         count = max(2, pixels.shape[0])  # images or tiles: export wants an example of >= 2
         example = torch.cat([pixels[:1], pixels[:1]]).clone()
         gm = export_llm.export_graph(module, [example], (0,), count)
-        graph = backends.compile_graph(gm, backend, dtype, count, args.min_block_size, args.debug)
+        graph = backends.compile_graph(gm, backend, dtype, count, args.min_block_size, args.debug,
+                                       tune=args.tune == "all")
 
         def encoder(x):
             return graph(x)[0]
@@ -157,7 +158,7 @@ def main(argv=None):
     parser = add_vlm_args(ArgumentParser(description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     check_args(args)
-    if args.enable_pytorch_run and args.baseline == "no_cache":
+    if args.enable_pytorch_run and "no_cache" in args.baseline:
         raise UserError("--baseline no_cache is for text models; choose hf_generate, hf_compile or all")
     image_path = Path(args.image_path) if args.image_path else SAMPLE_IMAGE
     image = load_image(image_path)  # before anything slow: a bad path fails at once

@@ -1,5 +1,6 @@
 """On a CUDA GPU: every text family, every cache mode, eager and Inductor, with and without
-CUDA graphs, in BF16 and FP16, against transformers' eager FP32 model (teacher-forced).
+CUDA graphs, in BF16 and FP16, against transformers' eager FP32 model (teacher-forced); and
+both vision-language models in BF16 (vision encoder, prefill, decode) against FP32.
 
 Tolerance: a low-precision pipeline cannot match FP32 exactly, so each step's relative logit
 error ||ours - fp32|| / ||fp32|| must stay within twice (plus 1e-3) what transformers' own
@@ -7,10 +8,20 @@ eager model in the same precision shows against FP32 on the same input: no worse
 library's own reduced-precision path. Greedy top-1 must agree wherever FP32's top-2 gap > 0.1.
 Skipped without a GPU (CI has none); results are recorded in BENCHMARKS.md."""
 
+import copy
+
 import pytest
 import torch
+import transformers
 
+import eagle2
+import models
+import qwen_vl
+import register_sdpa
+import run_vlm
+from generate import prefill
 from test_llm_pipeline import DECODE, PROMPT, build, tiny_pair
+from test_vlm import cli_args, config_from, run_pipeline, tiny_eagle_config, tiny_qwen_config
 from tiny import FAMILIES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -23,14 +34,12 @@ CONFIGS = [("eager", cache, False) for cache in ("static_v2", "static_v1", "dyna
 ]
 
 
-def relative_errors(gen, sequence, want):
+def pipeline_logits(gen, sequence):
+    """Prefill of the prompt, then one teacher-forced step per later token: [1, steps, V]."""
     with torch.no_grad():
-        from generate import prefill
-
         got = [prefill(gen, sequence[:, :PROMPT])]
         got += [gen.step(sequence[:, j : j + 1]) for j in range(PROMPT, sequence.shape[1])]
-    got = torch.stack(got, 1)
-    return ((got - want).norm(dim=-1) / want.norm(dim=-1)).flatten(), got
+    return torch.stack(got, 1)
 
 
 @pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16], ids=["BF16", "FP16"])
@@ -47,11 +56,78 @@ def test_low_precision_matches_fp32(family, backend, cache, cudagraph, precision
     with torch.no_grad():
         want = ref(sequence).logits[:, PROMPT - 1 :].float()
         same_precision = ref.to(precision)(sequence).logits[:, PROMPT - 1 :].float()
-    hf_error = ((same_precision - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
-    errors, got = relative_errors(build(ours, sequence[:, :PROMPT], cache, backend, cudagraph=cudagraph), sequence, want)
-    print(f"{family} {backend} {cache or 'none'} cudagraph={cudagraph} {precision}: "
-          f"max rel err {errors.max().item():.2e} (transformers same precision {hf_error:.2e})")
-    assert errors.max().item() <= 2 * hf_error + 1e-3
+    got = pipeline_logits(build(ours, sequence[:, :PROMPT], cache, backend, cudagraph=cudagraph), sequence)
+    check_against_fp32(got, want, same_precision,
+                       f"{family} {backend} {cache or 'none'} cudagraph={cudagraph} {precision}")
+
+def max_relative_error(got, want):
+    return ((got - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
+
+
+def check_against_fp32(got, want, same_precision, label):
+    """The low-precision bound above: within 2x (+1e-3) of the reference model's own error in
+    that precision, and the same top-1 wherever FP32's top-2 gap is clear."""
+    error, hf_error = max_relative_error(got, want), max_relative_error(same_precision, want)
+    print(f"{label}: max rel err {error:.2e} (reference model in that precision {hf_error:.2e})")
+    assert error <= 2 * hf_error + 1e-3
     top2 = want.topk(2, dim=-1).values
     clear = (top2[..., 0] - top2[..., 1]) > 0.1
     assert (got.argmax(-1) == want.argmax(-1))[clear].all()
+
+
+VLM_CONFIGS = [("eager", False), ("inductor", True)]
+
+
+@pytest.mark.parametrize("backend,cudagraph", VLM_CONFIGS, ids=["eager", "inductor-cudagraph"])
+@pytest.mark.parametrize("vision", ["eager", "compile"])
+def test_qwen_vl_bf16_matches_fp32(backend, cudagraph, vision):
+    """Tiny Qwen2.5-VL, BF16 pipeline (M-RoPE, 24 tokens) vs Hugging Face's eager model in FP32 on
+    the same sequence, image included."""
+    config = config_from(tiny_qwen_config())
+    torch.manual_seed(0)
+    fp32 = transformers.Qwen2_5_VLForConditionalGeneration._from_config(
+        config, attn_implementation="eager", dtype=torch.float32).eval().to(CUDA)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    ours = copy.deepcopy(bf16)
+    ours.set_attn_implementation({"": register_sdpa.ATTN_IMPLEMENTATION,
+                                  "text_config": register_sdpa.ATTN_IMPLEMENTATION, "vision_config": "sdpa"})
+    vlm = qwen_vl.QwenVL(ours, models.load_tokenizer(None, config), None)
+    vlm.set_image(run_vlm.load_image(run_vlm.SAMPLE_IMAGE), compiled=vision == "compile")
+    flags = ["--vision", vision] + (["--cudagraph"] if cudagraph else [])
+    input_ids, logits, tokens = run_pipeline(vlm, cli_args(*flags, device="cuda", backend=backend),
+                                             dtype=torch.bfloat16)
+    sequence = torch.cat([input_ids, tokens[:, :-1]], 1)
+
+    def reference(model):
+        with torch.no_grad():
+            out = model(input_ids=sequence, pixel_values=vlm.pixel_values.to(CUDA, model.dtype),
+                        image_grid_thw=vlm.grid_thw.to(CUDA),
+                        mm_token_type_ids=(sequence == config.image_token_id).int())
+        return out.logits[:, input_ids.shape[1] - 1:].float()
+
+    check_against_fp32(torch.stack(logits, 1), reference(fp32), reference(bf16),
+                       f"qwen2.5-vl {backend} vision={vision} cudagraph={cudagraph}")
+
+
+@pytest.mark.parametrize("backend,cudagraph", VLM_CONFIGS, ids=["eager", "inductor-cudagraph"])
+def test_eagle2_bf16_matches_fp32(backend, cudagraph):
+    """Tiny Eagle2, BF16 pipeline (compiled tile encoder, 13 tiles) vs the project's eager model
+    in FP32 on the same sequence."""
+    config = config_from(tiny_eagle_config())
+    torch.manual_seed(0)
+    fp32 = eagle2.Eagle2Model.from_config(config, register_sdpa.ATTN_IMPLEMENTATION, torch.float32).to(CUDA)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    vlm = eagle2.Eagle2VL(copy.deepcopy(bf16), models.load_tokenizer(None, config.llm_config), None)
+    vlm.set_image(run_vlm.load_image(run_vlm.SAMPLE_IMAGE))
+    flags = ["--cudagraph"] if cudagraph else []
+    input_ids, logits, tokens = run_pipeline(vlm, cli_args(*flags, device="cuda", backend=backend),
+                                             dtype=torch.bfloat16)
+    sequence = torch.cat([input_ids, tokens[:, :-1]], 1)
+    pixels = vlm.vision_inputs(1, CUDA)
+
+    def reference(model):
+        with torch.no_grad():
+            return model(sequence, pixels, vlm.image_token_id)[:, input_ids.shape[1] - 1:].float()
+
+    check_against_fp32(torch.stack(logits, 1), reference(fp32), reference(bf16),
+                       f"eagle2 {backend} cudagraph={cudagraph}")

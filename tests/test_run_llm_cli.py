@@ -69,12 +69,14 @@ def test_benchmark_json_and_csv_on_cpu(tiny_llama_dir, tmp_path):
     assert set(data["baselines"]) == {"hf_generate", "hf_compile", "no_cache"}
     assert {"export_s", "compile_s"} <= set(data["timings_s"])
     assert "speedup" in first.stdout and "hf_generate" in first.stdout
+    assert "pipeline: TTFT" in first.stderr and "no_cache: TTFT" in first.stderr  # logged as measured
 
-    second = run_cli(*common, "--cache", "static_v1")
+    second = run_cli(*common, "--cache", "static_v1", "--enable_pytorch_run", "--baseline", "no_cache", "hf_generate")
     assert second.returncode == 0, second.stderr
     rows = list(csv.DictReader(table.open()))
-    assert [r["runner"] for r in rows] == ["pipeline", "hf_generate", "hf_compile", "no_cache", "pipeline"]
-    assert rows[-1]["cache"] == "static_v1" and float(rows[-1]["tpot_p50_ms"]) > 0
+    assert [r["runner"] for r in rows] == ["pipeline", "hf_generate", "hf_compile", "no_cache",
+                                           "pipeline", "no_cache", "hf_generate"]
+    assert rows[4]["cache"] == "static_v1" and float(rows[4]["tpot_p50_ms"]) > 0
 
 
 def test_failed_run_keeps_earlier_results(tiny_llama_dir, tmp_path):
@@ -121,6 +123,8 @@ BAD_INPUTS = {
     "unknown cache": (lambda t: ["--cache", "paged"], "--cache"),
     "unknown precision": (lambda t: ["--precision", "FP8"], "--precision"),
     "zero tokens": (lambda t: ["--num_tokens", "0"], "must be >= 1"),
+    "unknown baseline": (lambda t: ["--enable_pytorch_run", "--baseline", "vllm"], "--baseline"),
+    "unknown tuning": (lambda t: ["--tune", "max"], "--tune"),
     "too long for gpt2": (
         lambda t: ["--model", "gpt2", "--random_weights", "--benchmark", "--isl", "1000", "--num_tokens", "100"],
         "1100 positions but the model has 1024",

@@ -8,6 +8,7 @@
 - The CLI with the bundled image, a model folder, --benchmark JSON, and each bad image input.
 """
 
+import copy
 import json
 import math
 import os
@@ -61,8 +62,8 @@ def config_from(data):
     return transformers.CONFIG_MAPPING[data["model_type"]].from_dict(data)
 
 
-def cli_args(*extra):
-    args = run_vlm.add_vlm_args(ArgumentParser()).parse_args(["--device", "cpu", "--backend", "eager", *extra])
+def cli_args(*extra, device="cpu", backend="eager"):
+    args = run_vlm.add_vlm_args(ArgumentParser()).parse_args(["--device", device, "--backend", backend, *extra])
     check_args(args)
     args.precision = "FP32"
     return args
@@ -86,14 +87,14 @@ def qwen(sample):
     return vlm
 
 
-def run_pipeline(vlm, args, num_tokens=NEW_TOKENS):
+def run_pipeline(vlm, args, num_tokens=NEW_TOKENS, dtype=torch.float32):
     """The run_vlm.py flow in process: vision, export + cache pass, prefill, greedy. Returns the
     prompt ids, the first logits, every decode step's logits and the tokens."""
-    device, dtype = torch.device("cpu"), torch.float32
+    device = torch.device(args.device)
     input_ids = run_vlm.prompt_input_ids(vlm, args, device)
     positions = vlm.positions(input_ids)
     encode, _, _ = run_vlm.build_vision(vlm, args.vision if args.vision != "auto" else vlm.default_vision,
-                                        args, "eager", device, dtype)
+                                        args, args.backend, device, dtype)
     embeds = vlm.embed(input_ids, encode())
     max_len = input_ids.shape[1] + num_tokens
     make = run_vlm.example_inputs(vlm, args.batch_size, vlm.text_config.hidden_size, dtype, device)
