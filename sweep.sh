@@ -6,7 +6,9 @@
 # Each cell appends a line to $OUT/results.jsonl (its JSON, or its error) and rows to
 # $OUT/results.csv; a failed cell is recorded and the sweep goes on. Nothing is truncated, so
 # earlier results stay. At the end $OUT/results.md (a table) and $OUT/tpot.png (a plot) are
-# rebuilt from all results so far. Extra run_llm.py flags go in ARGS.
+# rebuilt from all results so far. Extra run_llm.py flags go in ARGS. CELL_TIMEOUT=SECONDS stops
+# a cell that runs longer (a slow baseline compile, say) and records it as failed, with what it
+# had measured by then.
 set -uo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -18,6 +20,7 @@ PRECISIONS=${PRECISIONS:-BF16}
 ISLS=${ISLS:-"128 2048"}
 NUM_TOKENS=${NUM_TOKENS:-128}
 ARGS=${ARGS:-"--random_weights --cudagraph --iterations 5"}
+CELL_TIMEOUT=${CELL_TIMEOUT:-0}  # 0: no limit
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 mkdir -p "$OUT/cells" "$OUT/logs"
 
@@ -30,12 +33,19 @@ for precision in $PRECISIONS; do for isl in $ISLS; do
   [[ " $ARGS " == *" --cudagraph "* && "$cache" != static_v2 ]] && cell_args=("${cell_args[@]/--cudagraph}")
   total=$((total + 1))
   echo "[sweep] $total: $name" >&2
-  if "$PYTHON" run_llm.py "${cell_args[@]}" --output_json "$OUT/cells/$name.json" \
-       --results_csv "$OUT/results.csv" > "$OUT/logs/$name.out" 2> "$OUT/logs/$name.log"; then
+  timeout "$CELL_TIMEOUT" "$PYTHON" run_llm.py "${cell_args[@]}" --output_json "$OUT/cells/$name.json" \
+    --results_csv "$OUT/results.csv" > "$OUT/logs/$name.out" 2> "$OUT/logs/$name.log"
+  status=$?
+  if [[ $status == 0 ]]; then
     "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --cell="$OUT/cells/$name.json"
   else
     failed=$((failed + 1))
-    error=$(grep -m1 '^error:' "$OUT/logs/$name.log" || tail -n1 "$OUT/logs/$name.log")
+    if [[ $status == 124 ]]; then
+      measured=$(tr '\r' '\n' < "$OUT/logs/$name.log" | grep -oE '\[tllm\] [a-z_]+: TTFT.*' | cut -c8- | paste -sd ';')
+      error="timed out after ${CELL_TIMEOUT} s${measured:+ (measured: $measured)}"
+    else
+      error=$(grep -m1 '^error:' "$OUT/logs/$name.log" || tail -n1 "$OUT/logs/$name.log")
+    fi
     echo "[sweep] failed: $error" >&2
     "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --failed="$name" --error="$error" \
       --cell-args="${cell_args[*]}"

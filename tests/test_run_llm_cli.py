@@ -175,3 +175,10 @@ def test_sweep_records_failures_and_keeps_earlier_results(tiny_llama_dir, tmp_pa
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "FAILED" in table and "pipeline" in table
     assert (tmp_path / "sweep" / "tpot.png").stat().st_size > 1000
+
+    env.update(CACHES="static_v2", CELL_TIMEOUT="1")  # too short to even load: recorded, not hung
+    result = subprocess.run(["bash", os.path.join(ROOT, "sweep.sh")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **env})
+    assert result.returncode == 0 and "1 failed" in result.stderr, result.stderr
+    last = json.loads((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()[-1])
+    assert last["error"].startswith("timed out after 1 s")
