@@ -53,24 +53,34 @@ def report(folder):
     plot(table, folder / "tpot.png")
 
 
+def bar_series(table):
+    """{series: {group: TPOT p50}} for the plot: one group per model, ISL and precision; one
+    series per baseline and per backend + cache of our pipeline (a grid has several)."""
+    ok = [r for r in table if r["runner"] != "FAILED"]
+    series = {}
+    for r in ok:
+        name = f"ours {r['backend']} {r['cache']}" if r["runner"] == "pipeline" else r["runner"]
+        group = f"{r['model'].split('/')[-1]}\nISL {r['isl']} {r['precision']}"
+        series.setdefault(name, {})[group] = r["tpot_p50_ms"]
+    return dict(sorted(series.items(), key=lambda item: (not item[0].startswith("ours"), item[0])))
+
+
 def plot(table, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in table if r["runner"] != "FAILED"]
-    if not ok:
+    series = bar_series(table)
+    if not series:
         return
-    labels = sorted({f"{r['model'].split('/')[-1]}\nISL {r['isl']}" for r in ok})
-    runners = sorted({r["runner"] for r in ok}, key=lambda n: (n != "pipeline", n))
-    width = 0.8 / len(runners)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
-    for i, runner in enumerate(runners):
-        values = {f"{r['model'].split('/')[-1]}\nISL {r['isl']}": r["tpot_p50_ms"] for r in ok if r["runner"] == runner}
-        xs = [j + i * width for j, label in enumerate(labels) if label in values]
-        ax.bar(xs, [values[label] for label in labels if label in values], width, label=runner)
-    ax.set_xticks([j + width * (len(runners) - 1) / 2 for j in range(len(labels))], labels, fontsize=8)
+    groups = sorted({group for values in series.values() for group in values})
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + i * width for j, group in enumerate(groups) if group in values]
+        ax.bar(xs, [values[group] for group in groups if group in values], width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))], groups, fontsize=8)
     ax.set_ylabel("TPOT p50 (ms, lower is better)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import models
+import sweep_report
 from tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,3 +183,15 @@ def test_sweep_records_failures_and_keeps_earlier_results(tiny_llama_dir, tmp_pa
     assert result.returncode == 0 and "1 failed" in result.stderr, result.stderr
     last = json.loads((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()[-1])
     assert last["error"].startswith("timed out after 1 s")
+
+
+def test_sweep_plot_keeps_every_backend_and_cache():
+    """A grid has several pipeline rows per model and ISL: each backend + cache is its own bar."""
+    common = dict(model="org/m", isl=128, precision="BF16")
+    table = [dict(common, runner="pipeline", backend="inductor", cache="static_v2", tpot_p50_ms=1.0),
+             dict(common, runner="pipeline", backend="eager", cache="dynamic", tpot_p50_ms=3.0),
+             dict(common, runner="hf_generate", backend="pytorch", cache="hf dynamic", tpot_p50_ms=9.0),
+             {"model": "cell", "runner": "FAILED", "backend": "error"}]
+    series = sweep_report.bar_series(table)
+    assert list(series) == ["ours eager dynamic", "ours inductor static_v2", "hf_generate"]
+    assert series["ours inductor static_v2"] == {"m\nISL 128 BF16": 1.0}
