@@ -60,6 +60,7 @@ def test_low_precision_matches_fp32(family, backend, cache, cudagraph, precision
     check_against_fp32(got, want, same_precision,
                        f"{family} {backend} {cache or 'none'} cudagraph={cudagraph} {precision}")
 
+
 def max_relative_error(got, want):
     return ((got - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
 

@@ -8,7 +8,6 @@
 - The CLI with the bundled image, a model folder, --benchmark JSON, and each bad image input.
 """
 
-import copy
 import json
 import math
 import os
