@@ -14,6 +14,7 @@ import backends
 import dynamic_cache
 import export_llm
 import fuse_linears
+import register_sdpa
 import static_cache_v1
 import static_cache_v2
 from generate import CACHE_MODES, Generator, greedy, prefill
@@ -61,6 +62,9 @@ def add_common_args(parser):
     parser.add_argument("--backend", default="auto", choices=backends.BACKENDS)
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--cudagraph", action="store_true", help="replay each decode step as a CUDA graph (static_v2)")
+    parser.add_argument("--decode_attention", default="triton", choices=register_sdpa.DECODE_KERNELS,
+                        help="static_v2 decode attention on CUDA: triton (split-K flash decoding, default) or sdpa "
+                             "(PyTorch's masked SDPA); CPU always uses SDPA")
     parser.add_argument("--min_block_size", type=positive_int, default=1, help="TensorRT: smallest subgraph to convert")
     parser.add_argument("--debug", action="store_true", help="verbose compiler logging")
     parser.add_argument(
@@ -145,6 +149,10 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
         first = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
         static_cache_v2.apply(first, args.batch_size, max_len, inplace=inplace, fresh=True)
         static_cache_v2.apply(gm, args.batch_size, max_len, inplace=inplace)
+        if args.decode_attention == "triton" and backend != "tensorrt":
+            layers_split_k = register_sdpa.use_split_k_decode(gm)
+            log(f"decode attention: split-K Triton kernel in {layers_split_k} of {layers} layers"
+                if layers_split_k else "decode attention: SDPA (the Triton kernel runs on CUDA only)")
     elif args.cache == "static_v1":
         static_cache_v1.apply(gm, args.batch_size, max_len)
     elif args.cache == "dynamic":
@@ -190,6 +198,7 @@ def run_record(args, model, source, backend, device, prompt_len, timings, **extr
         "backend": backend,
         "cache": args.cache,
         "cudagraph": args.cudagraph,
+        "decode_attention": args.decode_attention,
         "precision": args.precision,
         "device": str(device),
         "batch_size": args.batch_size,

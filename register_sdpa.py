@@ -12,8 +12,12 @@ Two ops:
 - ``tllm::cached_attention(q, k_cache, v_cache, mask, scale)``: attends over a whole
   fixed-size cache buffer with a boolean ``[Sq, max_len]`` mask that the static_v2 pass builds
   once per distinct window from the queries' absolute positions. Fixed shapes for every decode
-  step, so it can be captured in a CUDA graph.
+  step, so it can be captured in a CUDA graph. ``use_split_k_decode`` points these nodes of a
+  CUDA graph at ``split_k_cached_attention``, which runs one-token steps on the split-K Triton
+  kernel of ``decode_attention``.
 """
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +25,7 @@ import transformers
 from transformers.masking_utils import AttentionMaskInterface
 
 ATTN_IMPLEMENTATION = "tllm_attention"
+DECODE_KERNELS = ("triton", "sdpa")
 
 
 def visible_keys(q_pos: torch.Tensor, num_keys: int, window: int) -> torch.Tensor:
@@ -89,6 +94,29 @@ def register_inductor_decompositions():
     from torch._inductor.decomposition import decompositions
 
     decompositions[torch.ops.tllm.cached_attention.default] = _masked_gqa_sdpa
+
+
+def split_k_cached_attention(q, k_cache, v_cache, mask, scale):
+    """``cached_attention``, with one-token steps on the split-K Triton kernel. A plain function
+    in the graph: Dynamo inlines it, so each compiled step length gets its own choice."""
+    if q.shape[2] == 1 and q.stride(-1) == 1 and q.shape[-1] == v_cache.shape[-1]:
+        return torch.ops.tllm.decode_attention(q, k_cache, v_cache, mask, scale)
+    return torch.ops.tllm.cached_attention(q, k_cache, v_cache, mask, scale)
+
+
+def use_split_k_decode(gm):
+    """Point the ``cached_attention`` nodes of a CUDA graph at ``split_k_cached_attention``.
+    A rewrite of the graph rather than a switch inside the op, so that compilers' caches, keyed
+    by the graph, keep the two kernels apart. Returns how many nodes it changed."""
+    nodes = [n for n in gm.graph.nodes if n.target == torch.ops.tllm.cached_attention.default]
+    if not nodes or nodes[0].args[0].meta["val"].device.type != "cuda" or importlib.util.find_spec("triton") is None:
+        return 0
+    import decode_attention  # noqa: F401  (registers tllm::decode_attention)
+
+    for node in nodes:
+        node.target = split_k_cached_attention
+    gm.recompile()
+    return len(nodes)
 
 
 def _transformers_attention(module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs):

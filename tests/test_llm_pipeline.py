@@ -36,8 +36,10 @@ def tiny_pair(family, dtype=torch.float32, device=CPU):
     return ours, ref
 
 
-def build(model, prompt, cache, backend="eager", chunk=0, max_len=PROMPT + DECODE, cudagraph=False):
-    flags = ["--cache", cache, "--backend", backend, "--prefill_chunk", str(chunk), "--batch_size", str(len(prompt))]
+def build(model, prompt, cache, backend="eager", chunk=0, max_len=PROMPT + DECODE, cudagraph=False,
+          decode_attention="triton"):
+    flags = ["--cache", cache, "--backend", backend, "--prefill_chunk", str(chunk), "--batch_size", str(len(prompt)),
+             "--decode_attention", decode_attention]
     args = add_common_args(ArgumentParser()).parse_args(flags + (["--cudagraph"] if cudagraph else []))
     check_args(args)
     make_inputs = run_llm.text_inputs(len(prompt), model.config.vocab_size, prompt.device)
@@ -123,8 +125,18 @@ def test_one_attention_op_per_layer_with_unrepeated_kv():
     config = ours.config
     assert len(gen.cache_shapes) == 2 * config.num_hidden_layers
     assert all(shape == (config.num_key_value_heads, config.head_dim) for shape in gen.cache_shapes)
+    # (on CPU the default --decode_attention triton leaves the op in place: the kernel is CUDA-only)
     ops = [n for n in gen.graph.graph.nodes if n.target is torch.ops.tllm.cached_attention.default]
     assert len(ops) == config.num_hidden_layers
+
+
+def test_split_k_entry_point_keeps_sdpa_for_prompt_chunks():
+    """Several query rows (a chunked prompt into a static cache) never reach the one-token kernel."""
+    torch.manual_seed(0)
+    q, (k, v) = torch.randn(1, 4, 3, 16), torch.randn(2, 1, 2, 10, 16).unbind(0)
+    mask = register_sdpa.visible_keys(torch.tensor([5, 6, 7]), 10, 4)
+    torch.testing.assert_close(register_sdpa.split_k_cached_attention(q, k, v, mask, 0.25),
+                               torch.ops.tllm.cached_attention(q, k, v, mask, 0.25))
 
 
 def test_inductor_backend_matches_transformers():

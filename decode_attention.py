@@ -1,0 +1,149 @@
+"""A split-K/V ("flash-decoding") Triton kernel for one new token attending over a static KV
+cache, exposed as ``tllm::decode_attention`` (a ``torch.library.triton_op``, so Inductor sees
+the kernels and launches them from its own generated code).
+
+Why: with one query row per head, SDPA's kernels run one thread block per K/V head and walk
+the whole buffer serially, so a decode step over 2048 cached keys keeps 2-8 of the H100's 132
+SMs busy. Here the keys are cut into splits that run in parallel; each split keeps an online
+softmax for the G query heads that share its K/V head (read once, not repeated per query
+head), and a second small kernel merges the splits. Short caches use one split and no merge.
+
+CUDA only; importing this module needs triton. ``register_sdpa`` decides when to use it.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+# Each split walks at least this many keys (two 64-key tiles). Measured on an H100 over the
+# supported models' head shapes (benchmarks/decode_attention_bench.py, BENCHMARKS.md), 128 beat
+# 256 and 512 at 2176 keys and was even or better at 256 keys.
+MIN_KEYS_PER_SPLIT = 128
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_split(Q, K, V, Mask, Out, Acc, Max, Sum,
+                  q_sb, q_sh, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, mask_sn, o_sb, o_sh,
+                  num_keys, keys_per_split,
+                  QK_SCALE: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                  D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr):
+    """One (batch row, K/V head, split): online softmax over the split's keys for the GROUP
+    query heads of that K/V head. Scores are in log2 units (QK_SCALE includes log2(e)). The
+    scale is a compile-time constant: passed as an argument, it reached the kernel as float64
+    when Inductor launched it, which made the softmax state float64 and failed to compile."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bh // HKV
+    h = bh % HKV
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, D_PAD)
+    rows_ok = (g < GROUP)[:, None] & (d < D)[None, :]
+    heads = h * GROUP + g
+    q = tl.load(Q + b * q_sb + heads[:, None] * q_sh + d[None, :], mask=rows_ok, other=0.0)
+    start = split * keys_per_split
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
+    k_base = K + b * k_sb + h * k_sh
+    v_base = V + b * v_sb + h * v_sh
+    for offset in range(0, keys_per_split, BLOCK_N):  # the last split may run past the end
+        n = start + offset + tl.arange(0, BLOCK_N)
+        keys_ok = n < num_keys
+        tile_ok = keys_ok[:, None] & (d < D)[None, :]
+        visible = tl.load(Mask + n * mask_sn, mask=keys_ok, other=0) != 0
+        k = tl.load(k_base + n[:, None] * k_sn + d[None, :], mask=tile_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * QK_SCALE
+        s = tl.where(visible[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        # A row that has seen no visible key yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - shift[:, None])
+        alpha = tl.exp2(m - shift)
+        l = l * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + n[:, None] * v_sn + d[None, :], mask=tile_ok, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+    if SINGLE:
+        out = acc / l[:, None]
+        tl.store(Out + b * o_sb + heads[:, None] * o_sh + d[None, :], out.to(Out.dtype.element_ty), mask=rows_ok)
+    else:
+        row = (bh * tl.num_programs(1) + split) * GROUP + g
+        tl.store(Acc + row[:, None] * D + d[None, :], acc, mask=rows_ok)
+        tl.store(Max + row, m, mask=g < GROUP)
+        tl.store(Sum + row, l, mask=g < GROUP)
+
+
+@triton.jit
+def _merge_splits(Acc, Max, Sum, Out, o_sb, o_sh, num_splits,
+                  HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                  SPLITS_PAD: tl.constexpr):
+    """One (batch row, query head): weight each split's partial sums by exp2(its max - the max)."""
+    bq = tl.program_id(0)
+    b = bq // HQ
+    hq = bq % HQ
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, D_PAD)
+    splits_ok = s < num_splits
+    row = ((b * (HQ // GROUP) + hq // GROUP) * num_splits + s) * GROUP + hq % GROUP
+    m = tl.load(Max + row, mask=splits_ok, other=float("-inf"))
+    l = tl.load(Sum + row, mask=splits_ok, other=0.0)
+    acc = tl.load(Acc + row[:, None] * D + d[None, :], mask=splits_ok[:, None] & (d < D)[None, :], other=0.0)
+    weight = tl.exp2(m - tl.max(m, 0))  # a split with no visible key has m = -inf: weight 0
+    out = tl.sum(acc * weight[:, None], 0) / tl.sum(l * weight, 0)
+    tl.store(Out + b * o_sb + hq * o_sh + d, out.to(Out.dtype.element_ty), mask=d < D)
+
+
+@functools.cache
+def _num_sms(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KEYS_PER_SPLIT):
+    """(keys per tile, keys per split, splits): enough splits to fill the GPU once, none
+    shorter than ``min_keys_per_split``."""
+    block_n = 64 if head_dim <= 128 else 32  # a 256-wide head halves the tile to stay in registers
+    wanted = triton.cdiv(num_sms, batch * kv_heads)
+    per_split = min(max(min_keys_per_split, triton.cdiv(num_keys, wanted)), num_keys)
+    per_split = triton.cdiv(per_split, block_n) * block_n
+    return block_n, per_split, triton.cdiv(num_keys, per_split)
+
+
+def attend(q, k_cache, v_cache, mask, scale, min_keys_per_split=MIN_KEYS_PER_SPLIT):
+    """q ``[B, Hq, 1, D]``, caches ``[B, Hkv, L, D]``, bool mask ``[1, L]`` -> ``[B, Hq, 1, D]``."""
+    batch, q_heads, _, head_dim = q.shape
+    kv_heads, num_keys = k_cache.shape[1], k_cache.shape[2]
+    group = q_heads // kv_heads
+    d_pad = max(16, triton.next_power_of_2(head_dim))
+    block_n, per_split, splits = plan(batch, kv_heads, num_keys, head_dim, _num_sms(q.device.index or 0),
+                                      min_keys_per_split)
+    out = torch.empty((batch, q_heads, 1, head_dim), dtype=q.dtype, device=q.device)
+    if splits == 1:
+        acc = row_max = row_sum = out  # unused by the single-split kernel
+    else:
+        acc = torch.empty((batch * kv_heads * splits * group, head_dim), dtype=torch.float32, device=q.device)
+        row_max = torch.empty((batch * kv_heads * splits * group,), dtype=torch.float32, device=q.device)
+        row_sum = torch.empty_like(row_max)
+    wrap_triton(_attend_split)[(batch * kv_heads, splits)](
+        q, k_cache, v_cache, mask, out, acc, row_max, row_sum,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), mask.stride(1), out.stride(0), out.stride(1),
+        num_keys, per_split,
+        QK_SCALE=scale * LOG2E, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1,
+    )
+    if splits > 1:
+        wrap_triton(_merge_splits)[(batch * q_heads,)](
+            acc, row_max, row_sum, out, out.stride(0), out.stride(1), splits,
+            HQ=q_heads, GROUP=group, D=head_dim, D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits),
+        )
+    return out
+
+
+@triton_op("tllm::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    return attend(q, k_cache, v_cache, mask, scale)
