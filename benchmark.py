@@ -60,6 +60,13 @@ class Clock:
         return [(m - self.marks[0]) * 1e3 for m in self.marks[1:]]
 
 
+def attention_heads(config):
+    """(query heads, K/V heads, head size) of a text config."""
+    q_heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
+    return q_heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // q_heads
+
+
 def decode_bytes(model, batch_size, context_len, dtype):
     """Bytes a decode step must read at least: every weight once (the embedding table only for
     the rows it looks up, unless it is also the output projection) plus the valid K/V rows."""
@@ -68,8 +75,7 @@ def decode_bytes(model, batch_size, context_len, dtype):
     if model.get_output_embeddings() is None or model.get_output_embeddings().weight is not embedding:
         weights -= embedding.numel() * embedding.element_size()
     config = model.config.get_text_config()
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    _, heads, head_dim = attention_heads(config)
     kv = 2 * config.num_hidden_layers * heads * head_dim * context_len * batch_size * torch.finfo(dtype).bits // 8
     return weights + kv
 

@@ -124,8 +124,9 @@ def attend(q, k_cache, v_cache, mask, scale, min_keys_per_split=MIN_KEYS_PER_SPL
     if splits == 1:
         acc = row_max = row_sum = out  # unused by the single-split kernel
     else:
-        acc = torch.empty((batch * kv_heads * splits * group, head_dim), dtype=torch.float32, device=q.device)
-        row_max = torch.empty((batch * kv_heads * splits * group,), dtype=torch.float32, device=q.device)
+        rows = batch * kv_heads * splits * group  # one per (batch row, K/V head, split, query head of the group)
+        acc = torch.empty((rows, head_dim), dtype=torch.float32, device=q.device)
+        row_max = torch.empty((rows,), dtype=torch.float32, device=q.device)
         row_sum = torch.empty_like(row_max)
     wrap_triton(_attend_split)[(batch * kv_heads, splits)](
         q, k_cache, v_cache, mask, out, acc, row_max, row_sum,

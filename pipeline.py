@@ -152,7 +152,7 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
         if args.decode_attention == "triton" and backend != "tensorrt":
             layers_split_k = register_sdpa.use_split_k_decode(gm)
             log(f"decode attention: split-K Triton kernel in {layers_split_k} of {layers} layers"
-                if layers_split_k else "decode attention: SDPA (the Triton kernel runs on CUDA only)")
+                if layers_split_k else "decode attention: SDPA (the Triton kernel needs CUDA and triton)")
     elif args.cache == "static_v1":
         static_cache_v1.apply(gm, args.batch_size, max_len)
     elif args.cache == "dynamic":

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchmark  # noqa: E402
 import decode_attention  # noqa: E402
 import models  # noqa: E402
 import register_sdpa  # noqa: E402
@@ -25,14 +26,6 @@ MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.2-1B-Instruct", "Qwe
 CACHE_LENGTHS = [256, 2176]  # ISL 128 and 2048, plus 128 new tokens
 MIN_SPLITS = [128, 256, 512, 1 << 30]  # the last: always one split
 CALLS, REPLAYS = 48, 20
-
-
-def head_shape(model):
-    config = models.load_config(model, random_weights=True).get_text_config()
-    q_heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // q_heads
-    return q_heads, kv_heads, head_dim
 
 
 def us_per_call(fn):
@@ -63,7 +56,8 @@ def main():
         f"{'split>=' + (str(m) if m < 1 << 20 else 'all'):>11}" for m in MIN_SPLITS)
     print(header)
     for model in MODELS:
-        q_heads, kv_heads, head_dim = head_shape(model)
+        q_heads, kv_heads, head_dim = benchmark.attention_heads(
+            models.load_config(model, random_weights=True).get_text_config())
         for length in CACHE_LENGTHS:
             q = torch.randn(1, q_heads, 1, head_dim, device=device, dtype=torch.bfloat16)
             k, v = (torch.randn(1, kv_heads, length, head_dim, device=device, dtype=torch.bfloat16) for _ in "kv")

@@ -51,28 +51,28 @@ def test_low_precision_matches_fp32(family, backend, cache, cudagraph, precision
         pytest.skip("Gemma 3 overflows in FP16 (documented; BF16 is its precision)")
     if backend == "inductor" and precision == torch.float16 and family not in ("llama", "qwen2"):
         pytest.skip("Inductor FP16 covered on two families to keep the GPU run short")
+    check_pipeline_against_fp32(family, precision, f"{family} {backend} {cache or 'none'} cudagraph={cudagraph} "
+                                f"{precision}", cache=cache, backend=backend, cudagraph=cudagraph)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_sdpa_decode_matches_fp32(family):
+    """The other decode kernel (``--decode_attention sdpa``), compiled and replayed as a CUDA graph."""
+    check_pipeline_against_fp32(family, torch.bfloat16, f"{family} sdpa decode", cache="static_v2",
+                                backend="inductor", cudagraph=True, decode_attention="sdpa")
+
+
+def check_pipeline_against_fp32(family, precision, label, **build_args):
+    """A tiny model of the family built as ``build(**build_args)`` in ``precision``, teacher-forced,
+    against transformers' FP32 model (the bound of ``check_against_fp32``)."""
     ours, ref = tiny_pair(family, precision, CUDA)
     torch.manual_seed(1)
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE), device=CUDA)
     with torch.no_grad():
         want = ref(sequence).logits[:, PROMPT - 1 :].float()
         same_precision = ref.to(precision)(sequence).logits[:, PROMPT - 1 :].float()
-    got = pipeline_logits(build(ours, sequence[:, :PROMPT], cache, backend, cudagraph=cudagraph), sequence)
-    check_against_fp32(got, want, same_precision,
-                       f"{family} {backend} {cache or 'none'} cudagraph={cudagraph} {precision}")
-
-
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_sdpa_decode_matches_fp32(family):
-    """The other decode kernel (``--decode_attention sdpa``), compiled and replayed as a CUDA graph."""
-    ours, ref = tiny_pair(family, torch.bfloat16, CUDA)
-    torch.manual_seed(1)
-    sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE), device=CUDA)
-    with torch.no_grad():
-        want = ref(sequence).logits[:, PROMPT - 1 :].float()
-        same_precision = ref.to(torch.bfloat16)(sequence).logits[:, PROMPT - 1 :].float()
-    gen = build(ours, sequence[:, :PROMPT], "static_v2", "inductor", cudagraph=True, decode_attention="sdpa")
-    check_against_fp32(pipeline_logits(gen, sequence), want, same_precision, f"{family} sdpa decode")
+    got = pipeline_logits(build(ours, sequence[:, :PROMPT], **build_args), sequence)
+    check_against_fp32(got, want, same_precision, label)
 
 
 @pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16], ids=["BF16", "FP16"])
