@@ -26,15 +26,19 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_split(Q, K, V, Mask, Out, Acc, Max, Sum,
-                  q_sb, q_sh, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, mask_sn, o_sb, o_sh,
-                  num_keys, keys_per_split,
-                  QK_SCALE: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-                  D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr):
-    """One (batch row, K/V head, split): online softmax over the split's keys for the GROUP
-    query heads of that K/V head. Scores are in log2 units (QK_SCALE includes log2(e)). The
-    scale is a compile-time constant: passed as an argument, it reached the kernel as float64
-    when Inductor launched it, which made the softmax state float64 and failed to compile."""
+def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
+                  q_sb, q_sh, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh,
+                  keys_per_split,
+                  QK_SCALE: tl.constexpr, WINDOW: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
+                  GROUP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                  SINGLE: tl.constexpr):
+    """One (batch row, K/V head, split): online softmax over the split's visible keys for the
+    GROUP query heads of that K/V head. The new token sits at ``Position``; key j is visible iff
+    position - WINDOW < j <= position (no lower bound when WINDOW is 0), so the loop walks only
+    the visible tiles of the split (none, for a split past the position). Scores are in log2
+    units (QK_SCALE includes log2(e)). The scale is a compile-time constant: passed as an
+    argument, it reached the kernel as float64 when Inductor launched it, which made the
+    softmax state float64 and failed to compile."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // HKV
@@ -44,17 +48,22 @@ def _attend_split(Q, K, V, Mask, Out, Acc, Max, Sum,
     rows_ok = (g < GROUP)[:, None] & (d < D)[None, :]
     heads = h * GROUP + g
     q = tl.load(Q + b * q_sb + heads[:, None] * q_sh + d[None, :], mask=rows_ok, other=0.0)
+    position = tl.load(Position)
     start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, position + 1)
+    if WINDOW > 0:  # skip whole tiles before the window (truncating division: start wins when negative)
+        start = tl.maximum(start, (position - WINDOW + 1) // BLOCK_N * BLOCK_N)
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
     k_base = K + b * k_sb + h * k_sh
     v_base = V + b * v_sb + h * v_sh
-    for offset in range(0, keys_per_split, BLOCK_N):  # the last split may run past the end
-        n = start + offset + tl.arange(0, BLOCK_N)
-        keys_ok = n < num_keys
-        tile_ok = keys_ok[:, None] & (d < D)[None, :]
-        visible = tl.load(Mask + n * mask_sn, mask=keys_ok, other=0) != 0
+    for first in range(start, end, BLOCK_N):
+        n = first + tl.arange(0, BLOCK_N)
+        visible = n < end
+        if WINDOW > 0:
+            visible = visible & (n > position - WINDOW)
+        tile_ok = visible[:, None] & (d < D)[None, :]
         k = tl.load(k_base + n[:, None] * k_sn + d[None, :], mask=tile_ok, other=0.0)
         s = tl.dot(q, tl.trans(k)) * QK_SCALE
         s = tl.where(visible[None, :], s, float("-inf"))
@@ -112,8 +121,9 @@ def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KE
     return block_n, per_split, triton.cdiv(num_keys, per_split)
 
 
-def attend(q, k_cache, v_cache, mask, scale, min_keys_per_split=MIN_KEYS_PER_SPLIT):
-    """q ``[B, Hq, 1, D]``, caches ``[B, Hkv, L, D]``, bool mask ``[1, L]`` -> ``[B, Hq, 1, D]``."""
+def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_KEYS_PER_SPLIT):
+    """q ``[B, Hq, 1, D]``, caches ``[B, Hkv, L, D]``, the new token's position (int64 ``[1]``,
+    on the device) and sliding window (0: none) -> ``[B, Hq, 1, D]``."""
     batch, q_heads, _, head_dim = q.shape
     kv_heads, num_keys = k_cache.shape[1], k_cache.shape[2]
     group = q_heads // kv_heads
@@ -129,11 +139,11 @@ def attend(q, k_cache, v_cache, mask, scale, min_keys_per_split=MIN_KEYS_PER_SPL
         row_max = torch.empty((rows,), dtype=torch.float32, device=q.device)
         row_sum = torch.empty_like(row_max)
     wrap_triton(_attend_split)[(batch * kv_heads, splits)](
-        q, k_cache, v_cache, mask, out, acc, row_max, row_sum,
+        q, k_cache, v_cache, position, out, acc, row_max, row_sum,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), mask.stride(1), out.stride(0), out.stride(1),
-        num_keys, per_split,
-        QK_SCALE=scale * LOG2E, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        per_split,
+        QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1,
     )
     if splits > 1:
@@ -145,6 +155,6 @@ def attend(q, k_cache, v_cache, mask, scale, min_keys_per_split=MIN_KEYS_PER_SPL
 
 
 @triton_op("tllm::decode_attention", mutates_args=())
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    return attend(q, k_cache, v_cache, mask, scale)
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
+                     scale: float, window: int) -> torch.Tensor:
+    return attend(q, k_cache, v_cache, position, scale, window)

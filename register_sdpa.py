@@ -96,25 +96,30 @@ def register_inductor_decompositions():
     decompositions[torch.ops.tllm.cached_attention.default] = _masked_gqa_sdpa
 
 
-def split_k_cached_attention(q, k_cache, v_cache, mask, scale):
-    """``cached_attention``, with one-token steps on the split-K Triton kernel. A plain function
-    in the graph: Dynamo inlines it, so each compiled step length gets its own choice."""
+def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window):
+    """``cached_attention``, with one-token steps on the split-K Triton kernel, which takes the
+    token's position and window instead of the mask (so no step builds a mask it does not
+    read). A plain function in the graph: Dynamo inlines it, so each compiled step length gets
+    its own choice."""
     if q.shape[2] == 1 and q.stride(-1) == 1 and q.shape[-1] == v_cache.shape[-1]:
-        return torch.ops.tllm.decode_attention(q, k_cache, v_cache, mask, scale)
+        return torch.ops.tllm.decode_attention(q, k_cache, v_cache, position, scale, window)
     return torch.ops.tllm.cached_attention(q, k_cache, v_cache, mask, scale)
 
 
 def use_split_k_decode(gm):
-    """Point the ``cached_attention`` nodes of a CUDA graph at ``split_k_cached_attention``.
-    A rewrite of the graph rather than a switch inside the op, so that compilers' caches, keyed
-    by the graph, keep the two kernels apart. Returns how many nodes it changed."""
+    """Point the ``cached_attention`` nodes of a static_v2 graph on CUDA at
+    ``split_k_cached_attention``. A rewrite of the graph rather than a switch inside the op, so
+    that compilers' caches, keyed by the graph, keep the two kernels apart. Returns how many
+    nodes it changed."""
     nodes = [n for n in gm.graph.nodes if n.target == torch.ops.tllm.cached_attention.default]
     if not nodes or nodes[0].args[0].meta["val"].device.type != "cuda" or importlib.util.find_spec("triton") is None:
         return 0
     import decode_attention  # noqa: F401  (registers tllm::decode_attention)
 
+    position = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.target == "cache_position")
     for node in nodes:
         node.target = split_k_cached_attention
+        node.args = (*node.args, position, node.meta["window"])
     gm.recompile()
     return len(nodes)
 

@@ -44,6 +44,7 @@ def apply(gm, batch_size, max_len, inplace=True, fresh=False):
         if not fresh:
             node.target = torch.ops.tllm.cached_attention.default
             node.args = (q, *full, masks[window], scale)
+            node.meta["window"] = window  # for register_sdpa.use_split_k_decode
         updated.extend(full)
     if not inplace:
         add_outputs(gm, updated)

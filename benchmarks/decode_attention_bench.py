@@ -61,7 +61,8 @@ def main():
         for length in CACHE_LENGTHS:
             q = torch.randn(1, q_heads, 1, head_dim, device=device, dtype=torch.bfloat16)
             k, v = (torch.randn(1, kv_heads, length, head_dim, device=device, dtype=torch.bfloat16) for _ in "kv")
-            mask = register_sdpa.visible_keys(torch.tensor([length - 1], device=device), length, 0)
+            position = torch.tensor([length - 1], device=device)
+            mask = register_sdpa.visible_keys(position, length, 0)
             scale = head_dim**-0.5
             row = {"model": model, "heads": [q_heads, kv_heads, head_dim], "keys": length,
                    "sdpa_us": us_per_call(lambda: register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale))}
@@ -69,7 +70,7 @@ def main():
                 splits = decode_attention.plan(1, kv_heads, length, head_dim,
                                                decode_attention._num_sms(device.index or 0), minimum)[2]
                 row[f"triton_min{minimum}_us"] = us_per_call(
-                    lambda: decode_attention.attend(q, k, v, mask, scale, minimum))
+                    lambda: decode_attention.attend(q, k, v, position, scale, 0, minimum))
                 row[f"triton_min{minimum}_splits"] = splits
             results.append(row)
             print(f"{model:<34} {length:>5} {row['sdpa_us']:>8.2f} " + " ".join(

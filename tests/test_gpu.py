@@ -92,12 +92,13 @@ def test_decode_kernel_matches_fp32(batch, q_heads, kv_heads, head_dim, max_len,
     torch.manual_seed(0)
     q = torch.randn(batch, q_heads, 1, head_dim, device=CUDA)
     k, v = (torch.randn(batch, kv_heads, max_len, head_dim, device=CUDA) for _ in range(2))
-    mask = register_sdpa.visible_keys(torch.tensor([position], device=CUDA), max_len, window)
+    cache_position = torch.tensor([position], device=CUDA)
+    mask = register_sdpa.visible_keys(cache_position, max_len, window)
     scale = head_dim**-0.5
     low = [t.to(precision) for t in (q, k, v)]
     import decode_attention  # needs triton, which comes with CUDA builds of torch
 
-    got = decode_attention.decode_attention(*low, mask, scale).float()
+    got = decode_attention.decode_attention(*low, cache_position, scale, window).float()
     want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale)
     sdpa = register_sdpa._masked_gqa_sdpa(*low, mask, scale).float()
     flat = [t.reshape(-1, head_dim) for t in (got, want, sdpa)]

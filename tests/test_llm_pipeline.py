@@ -134,9 +134,32 @@ def test_split_k_entry_point_keeps_sdpa_for_prompt_chunks():
     """Several query rows (a chunked prompt into a static cache) never reach the one-token kernel."""
     torch.manual_seed(0)
     q, (k, v) = torch.randn(1, 4, 3, 16), torch.randn(2, 1, 2, 10, 16).unbind(0)
-    mask = register_sdpa.visible_keys(torch.tensor([5, 6, 7]), 10, 4)
-    torch.testing.assert_close(register_sdpa.split_k_cached_attention(q, k, v, mask, 0.25),
+    position = torch.tensor([5, 6, 7])
+    mask = register_sdpa.visible_keys(position, 10, 4)
+    torch.testing.assert_close(register_sdpa.split_k_cached_attention(q, k, v, mask, 0.25, position, 4),
                                torch.ops.tllm.cached_attention(q, k, v, mask, 0.25))
+
+
+@pytest.mark.parametrize("family,products", [("qwen2", 2), ("gpt2", 8)])
+def test_split_bias_keeps_the_function(family, products):
+    """The Inductor-on-CUDA rewrite of biased products (Qwen2's fused q/k/v, GPT-2's Conv1D
+    addmm): none is left, and the graph computes the same logits."""
+    import backends
+    import export_llm
+    import fuse_linears
+
+    ours, _ = tiny_pair(family)
+    make_inputs = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
+    gm = fuse_linears.apply(export_llm.export_graph(LastLogits(ours), make_inputs(2), (1, 1), PROMPT))
+    inputs = make_inputs(PROMPT)
+    with torch.no_grad():
+        before = gm(*inputs)[0]
+        assert backends.split_bias(gm) == products
+        after = gm(*inputs)[0]
+    biased = [n for n in gm.graph.nodes if n.target is torch.ops.aten.addmm.default
+              or (n.target is torch.ops.aten.linear.default and len(n.args) == 3)]
+    assert not biased
+    torch.testing.assert_close(after, before)
 
 
 def test_inductor_backend_matches_transformers():
