@@ -177,9 +177,12 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
                     inplace=inplace, cudagraph=own_cudagraph, first_graph=first)
     x, positions = warm_inputs
     prefill(gen, x, positions, args.prefill_chunk)
+    # Decode steps get a fresh one-token tensor; a slice of the prompt has other strides, on
+    # which torch.compile guards: warming up with it left a recompile for the first timed step.
+    last = x[:, -1:].clone(memory_format=torch.contiguous_format)
     for _ in range(2):
         if gen.length < max_len:
-            gen.step(x[:, -1:], None if positions is None else positions[..., -1:] + 1)
+            gen.step(last, None if positions is None else positions[..., -1:] + 1)
     gen.reset()
     if device.type == "cuda":
         torch.cuda.synchronize()

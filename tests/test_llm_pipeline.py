@@ -166,6 +166,11 @@ def test_inductor_backend_matches_transformers():
     ours, ref = tiny_pair("llama")
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
     gen = build(ours, sequence[:, :PROMPT], "static_v2", backend="inductor")
+    # A generation right after the build compiles nothing more (a recompile would land in the
+    # first timed step of a benchmark).
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        greedy(gen, prefill(gen, sequence[:, :PROMPT]), 4)
+    gen.reset()
     errors = teacher_forced_errors(gen, ref, sequence[:, : PROMPT + 8])
     assert max(errors) < TOL, errors
 
