@@ -73,7 +73,6 @@ def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False, tu
     raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-
 def split_bias(gm):
     """Rewrite ``linear(x, W, b)`` and ``addmm(b, x, W)`` (GPT-2's Conv1D) as a product without
     bias plus ``b``. With coordinate-descent tuning, Inductor turns a one-row product into a
