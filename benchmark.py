@@ -60,6 +60,27 @@ class Clock:
         return [(m - self.marks[0]) * 1e3 for m in self.marks[1:]]
 
 
+def graph_us_per_call(calls, replays=20):
+    """Microseconds per call of ``calls`` run back to back inside one CUDA graph (a decode
+    step's kernels are back to back too), replayed ``replays`` times. For the microbenchmarks
+    in benchmarks/."""
+    for call in calls:  # compile / pick kernels outside the graph
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (replays * len(calls))
+
+
 def attention_heads(config):
     """(query heads, K/V heads, head size) of a text config."""
     q_heads = config.num_attention_heads

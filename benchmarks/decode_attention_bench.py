@@ -25,24 +25,7 @@ MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.2-1B-Instruct", "Qwe
           "google/gemma-3-1b-it", "meta-llama/Llama-3.1-8B-Instruct", "gpt2"]
 CACHE_LENGTHS = [256, 2176]  # ISL 128 and 2048, plus 128 new tokens
 MIN_SPLITS = [128, 256, 512, 1 << 30]  # the last: always one split
-CALLS, REPLAYS = 48, 20
-
-
-def us_per_call(fn):
-    fn()  # compile / pick the kernel outside the graph
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(REPLAYS):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (REPLAYS * CALLS)
+CALLS = 48  # per CUDA graph, back to back like the layers of a decode step
 
 
 def main():
@@ -65,12 +48,13 @@ def main():
             mask = register_sdpa.visible_keys(position, length, 0)
             scale = head_dim**-0.5
             row = {"model": model, "heads": [q_heads, kv_heads, head_dim], "keys": length,
-                   "sdpa_us": us_per_call(lambda: register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale))}
+                   "sdpa_us": benchmark.graph_us_per_call(
+                       [lambda: register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale)] * CALLS)}
             for minimum in MIN_SPLITS:
                 splits = decode_attention.plan(1, kv_heads, length, head_dim,
                                                decode_attention._num_sms(device.index or 0), minimum)[2]
-                row[f"triton_min{minimum}_us"] = us_per_call(
-                    lambda: decode_attention.attend(q, k, v, position, scale, 0, minimum))
+                row[f"triton_min{minimum}_us"] = benchmark.graph_us_per_call(
+                    [lambda: decode_attention.attend(q, k, v, position, scale, 0, minimum)] * CALLS)
                 row[f"triton_min{minimum}_splits"] = splits
             results.append(row)
             print(f"{model:<34} {length:>5} {row['sdpa_us']:>8.2f} " + " ".join(

@@ -16,11 +16,16 @@ This is the evidence behind ``backends.split_bias`` and behind not writing our o
 import argparse
 import json
 import math
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmark import graph_us_per_call  # noqa: E402
 
 SHAPES = [("qwen05", 896, 4864, 1152, True), ("llama1b", 2048, 8192, 3072, False)]  # hidden, MLP, q/k/v width, bias
 DATASHEET_BYTES_PER_US = 3.35e6
@@ -56,24 +61,6 @@ def triton_gemv(x, weight, out, bias=None, glu=False, block_n=8, block_k=256, wa
                                       BLOCK_K=block_k, GLU=glu, BIAS=bias is not None, num_warps=warps)
 
 
-def us_per_call(calls, replays=20):
-    for call in calls:  # compile outside the graph
-        call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (replays * len(calls))
-
-
 def rms_norm(x, weight):
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * weight
@@ -105,7 +92,7 @@ def main():
     results = []
 
     def report(model, product, variant, calls, weight_bytes):
-        us = us_per_call(calls)
+        us = graph_us_per_call(calls)
         results.append(dict(model=model, product=product, variant=variant, us=us,
                             floor_us=weight_bytes / DATASHEET_BYTES_PER_US))
         print(f"{model:8} {product:7} {variant:34} {us:7.2f} us  (weight read {weight_bytes / DATASHEET_BYTES_PER_US:5.2f})",
