@@ -61,8 +61,11 @@ def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False, tu
         # chain of small, latency-bound kernels, where this pays (at some compile time). Combo
         # kernels launch independent small kernels (rope of q and of k, the cache writes) as one.
         # Together with split_bias, Qwen2.5-0.5B's decode step went from 1.068 to 0.901 ms on an
-        # H100 (BENCHMARKS.md, run 4).
-        options = {"coordinate_descent_tuning": tune, "combo_kernels": on_gpu}
+        # H100 (BENCHMARKS.md, run 4). Programmatic dependent launch (Hopper and later; Inductor
+        # skips it on older GPUs) lets each generated kernel start while the one before it
+        # drains, waiting only where it reads that kernel's output: Llama-3.2-1B's decode step
+        # went from 1.25 to 1.13 ms (run 5).
+        options = {"coordinate_descent_tuning": tune, "combo_kernels": on_gpu, "triton.enable_pdl": on_gpu}
         # Static shapes per distinct length (one decode shape, one prefill shape per prompt
         # length); a third length switches that dimension to dynamic on its own.
         return torch.compile(gm, fullgraph=True, options=options)

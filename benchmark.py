@@ -168,8 +168,8 @@ def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_pos
             x, positions = vision()
             split.mark()
             vision_clocks.append(split)
-        logits = prefill(gen, x, positions, chunk=args.prefill_chunk)
-        greedy(gen, logits, args.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
+        _, token = prefill(gen, x, positions, chunk=args.prefill_chunk)
+        greedy(gen, token, args.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
 
     ttfts, steps, e2es = timed_runs("pipeline", args, device, once)
     if args.profile:

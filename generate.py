@@ -11,7 +11,8 @@ class Generator:
 
     ``step(x, position_ids)`` feeds the next S positions (``x`` is token ids ``[B, S]`` or
     embeddings ``[B, S, H]``; positions ``[B, S]`` or ``[3, B, S]``, defaulting to the next
-    text positions) and returns float32 logits of the last position, ``[B, V]``.
+    text positions) and returns float32 logits of the last position ``[B, V]`` and the greedy
+    next token ``[B]`` (their argmax, computed in the graph).
     """
 
     def __init__(self, graph, cache_shapes, cache, batch_size, max_len, dtype, device, inplace=True, cudagraph=False,
@@ -57,12 +58,12 @@ class Generator:
         fresh = self.length == 0 and self.first_graph is not None
         if self.cudagraph:
             graph = self.graphs.get((s, fresh)) or self._capture(x, position_ids, fresh)
-            logits = graph.replay(x, position_ids, self.length)
+            out = graph.replay(x, position_ids, self.length)
         else:
             cache_position = torch.arange(self.length, self.length + s, device=self.device)
-            logits = self._run(x, position_ids, cache_position, fresh)
+            out = self._run(x, position_ids, cache_position, fresh)
         self.length += s
-        return logits
+        return out
 
     def _run(self, x, position_ids, cache_position, fresh=False):
         if self.cache == "":
@@ -71,7 +72,7 @@ class Generator:
             self.seen_positions = (
                 position_ids if self.seen_positions is None else torch.cat([self.seen_positions, position_ids], -1)
             )
-            return self.graph(self.seen_inputs, self.seen_positions)[0][:, -1].float()
+            return self.graph(self.seen_inputs, self.seen_positions)[:2]
         if self.cache == "static_v2":
             graph = self.first_graph if fresh else self.graph
             out = graph(x, position_ids, cache_position, *self.caches)
@@ -79,9 +80,9 @@ class Generator:
             out = self.graph(x, position_ids, *self.caches, self.length)
         else:
             out = self.graph(x, position_ids, *self.caches)
-        if len(out) > 1:
-            self.caches = list(out[1:])
-        return out[0][:, -1].float()
+        if len(out) > 2:
+            self.caches = list(out[2:])
+        return out[:2]
 
     def _capture(self, x, position_ids, fresh):
         """Capture a step of this many positions as a CUDA graph (once per length: the decode
@@ -108,37 +109,38 @@ class _CapturedStep:
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = gen._run(self.x, self.position_ids, self.cache_position, fresh)
+            self.logits, self.token = gen._run(self.x, self.position_ids, self.cache_position, fresh)
 
     def replay(self, x, position_ids, start):
         self.x.copy_(x)
         self.position_ids.copy_(position_ids)
         torch.add(self.offsets, start, out=self.cache_position)
         self.graph.replay()
-        return self.logits.clone()  # the next replay overwrites the static buffer
+        return self.logits.clone(), self.token.clone()  # the next replay overwrites the static buffers
 
 
 def prefill(gen, x, position_ids=None, chunk=0):
-    """Feed a prompt, in chunks of ``chunk`` positions if asked; returns the last logits."""
+    """Feed a prompt, in chunks of ``chunk`` positions if asked; returns the last step's
+    ``(logits, next_token)``."""
     s = x.shape[1]
     if position_ids is None:
         position_ids = gen.text_positions(s)
     step = chunk if chunk and chunk < s else s
     for start in range(0, s, step):
-        logits = gen.step(x[:, start : start + step], position_ids[..., start : start + step])
-    return logits
+        out = gen.step(x[:, start : start + step], position_ids[..., start : start + step])
+    return out
 
 
-def greedy(gen, first_logits, num_tokens, eos_ids=(), embed=None, decode_positions=None, on_step=None):
-    """Greedy decoding from the prefill's logits: up to ``num_tokens`` new tokens per row.
+def greedy(gen, first_token, num_tokens, eos_ids=(), embed=None, decode_positions=None, on_step=None):
+    """Greedy decoding from the prefill's next token ``[B]``: up to ``num_tokens`` new tokens per row.
 
     Stops early when every row has produced an EOS id (pass no ids for a fixed length; then
     no step waits on the host). Rows that finished keep emitting EOS. ``embed`` maps tokens
     to the graph's input (identity for token-id graphs); ``decode_positions(length)`` gives
     positions for models whose positions are not the text positions (M-RoPE).
     """
-    eos = torch.tensor(sorted(eos_ids), device=first_logits.device, dtype=torch.long)
-    token = first_logits.argmax(-1)
+    eos = torch.tensor(sorted(eos_ids), device=first_token.device, dtype=torch.long)
+    token = first_token
     done = torch.zeros_like(token, dtype=torch.bool)
     tokens = []
     for i in range(num_tokens):
@@ -152,5 +154,5 @@ def greedy(gen, first_logits, num_tokens, eos_ids=(), embed=None, decode_positio
             break
         x = token[:, None] if embed is None else embed(token[:, None])
         positions = decode_positions(gen.length) if decode_positions else None
-        token = gen.step(x, positions).argmax(-1)
+        token = gen.step(x, positions)[1]
     return torch.stack(tokens, 1)

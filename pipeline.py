@@ -139,7 +139,7 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
         raise UserError("--cudagraph needs a CUDA device")
     start = time.perf_counter()
     log(f"exporting {type(module).__name__} with torch.export")
-    gm = export_llm.export_graph(module, make_inputs(2), seq_dims, max_len)
+    gm = export_llm.add_next_token(export_llm.export_graph(module, make_inputs(2), seq_dims, max_len))
     fuse_linears.apply(gm)
     layers = len(export_llm.attention_nodes(gm))
     inplace = backend != "tensorrt"
@@ -221,8 +221,8 @@ def until_eos(tokens, eos):
 def generate_text(gen, x, position_ids, input_ids, args, tokenizer, eos_ids, embed=None, decode_positions=None):
     """Greedy generation from a prompt; prints the first row's text, returns the JSON fields."""
     stop = [] if args.ignore_eos else eos_ids
-    logits = prefill(gen, x, position_ids, args.prefill_chunk)
-    rows = greedy(gen, logits, args.num_tokens, stop, embed=embed, decode_positions=decode_positions).tolist()
+    _, token = prefill(gen, x, position_ids, args.prefill_chunk)
+    rows = greedy(gen, token, args.num_tokens, stop, embed=embed, decode_positions=decode_positions).tolist()
     new_tokens = [until_eos(row, stop) for row in rows]
     # (BPE tokenizers ignore the clean-up anyway; saying so silences their warning)
     texts = [tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()

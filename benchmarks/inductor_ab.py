@@ -1,7 +1,7 @@
-"""Run ``run_llm.py`` with the decode-step changes of BENCHMARKS.md run 4 switched off, to
-repeat its same-machine comparison: ``--without split_bias`` (biased products stay cuBLAS
-addmm), ``--without combo_kernels`` (no horizontal fusion of small kernels), or both. The other
-arguments go to run_llm.py unchanged.
+"""Run ``run_llm.py`` with decode-step changes of BENCHMARKS.md runs 4-5 switched off, to
+repeat their same-machine comparisons: ``--without split_bias`` (biased products stay cuBLAS
+addmm), ``combo_kernels`` (no horizontal fusion of small kernels), ``pdl`` (no programmatic
+dependent launch), in any combination. The other arguments go to run_llm.py unchanged.
 
     python3 benchmarks/inductor_ab.py --without split_bias combo_kernels -- \\
         --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --benchmark --precision BF16 --isl 128 --cudagraph
@@ -17,21 +17,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import backends  # noqa: E402
 import run_llm  # noqa: E402
 
+# switch name -> the Inductor option backends.compile_graph turns on
+INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl"}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "combo_kernels"])
+    parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", *INDUCTOR_OPTIONS])
     args, rest = parser.parse_known_args()
     if "split_bias" in args.without:
         backends.split_bias = lambda gm: 0
-    if "combo_kernels" in args.without:
+    off = {INDUCTOR_OPTIONS[name]: False for name in args.without if name in INDUCTOR_OPTIONS}
+    if off:
         compile_graph = torch.compile
 
-        def compile_without_combo(model, **kwargs):
-            kwargs["options"] = {**kwargs.get("options", {}), "combo_kernels": False}
+        def compile_with_options_off(model, **kwargs):
+            kwargs["options"] = {**kwargs.get("options", {}), **off}
             return compile_graph(model, **kwargs)
 
-        torch.compile = compile_without_combo
+        torch.compile = compile_with_options_off
     print(f"switched off: {', '.join(args.without) or 'nothing'}", flush=True)
     run_llm.main([a for a in rest if a != "--"])
 

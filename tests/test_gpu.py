@@ -38,8 +38,8 @@ CONFIGS = [("eager", cache, False) for cache in ("static_v2", "static_v1", "dyna
 def pipeline_logits(gen, sequence):
     """Prefill of the prompt, then one teacher-forced step per later token: [1, steps, V]."""
     with torch.no_grad():
-        got = [prefill(gen, sequence[:, :PROMPT])]
-        got += [gen.step(sequence[:, j : j + 1]) for j in range(PROMPT, sequence.shape[1])]
+        got = [prefill(gen, sequence[:, :PROMPT])[0]]
+        got += [gen.step(sequence[:, j : j + 1])[0] for j in range(PROMPT, sequence.shape[1])]
     return torch.stack(got, 1)
 
 

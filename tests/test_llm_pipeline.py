@@ -52,9 +52,13 @@ def teacher_forced_errors(gen, ref, sequence, chunk=0):
     """Max |logit difference| at the prefill and at each decode step, feeding ``sequence``."""
     with torch.no_grad():
         want = ref(sequence).logits
-        errors = [(prefill(gen, sequence[:, :PROMPT], chunk=chunk) - want[:, PROMPT - 1]).abs().max().item()]
-        for j in range(PROMPT, sequence.shape[1]):
-            errors.append((gen.step(sequence[:, j : j + 1]) - want[:, j]).abs().max().item())
+        steps = [prefill(gen, sequence[:, :PROMPT], chunk=chunk)]
+        steps += [gen.step(sequence[:, j : j + 1]) for j in range(PROMPT, sequence.shape[1])]
+    errors = []
+    for j, (logits, token) in enumerate(steps, start=PROMPT - 1):
+        assert torch.equal(token, logits.argmax(-1))  # the graph's token is its logits' argmax
+        errors.append((logits - want[:, j]).abs().max().item())
+    return errors
     return errors
 
 
@@ -75,7 +79,7 @@ def test_greedy_tokens_match_generate(family):
     prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT))
     gen = build(ours, prompt, "static_v2")
     with torch.no_grad():
-        tokens = greedy(gen, prefill(gen, prompt), DECODE)[0]
+        tokens = greedy(gen, prefill(gen, prompt)[1], DECODE)[0]
         expected = ref.generate(prompt, max_new_tokens=DECODE, do_sample=False, pad_token_id=0)[0, PROMPT:]
         assert len(tokens) == len(expected) == DECODE
         mismatch = (tokens != expected).nonzero()
@@ -101,7 +105,7 @@ def test_batch_rows_are_independent():
     prompts = torch.randint(0, ours.config.vocab_size, (2, PROMPT))
     gen = build(ours, prompts, "static_v2")
     with torch.no_grad():
-        tokens = greedy(gen, prefill(gen, prompts), 10)
+        tokens = greedy(gen, prefill(gen, prompts)[1], 10)
         for row in range(2):
             alone = ref.generate(prompts[row : row + 1], max_new_tokens=10, do_sample=False, pad_token_id=0)
             assert tokens[row].tolist() == alone[0, PROMPT:].tolist()
@@ -117,6 +121,29 @@ def test_cache_overflow_is_refused():
         gen.step(prompt[:, :1])
         with pytest.raises(ValueError, match="exceed the cache length"):
             gen.step(prompt[:, :1])
+
+
+@pytest.mark.parametrize("vocab", [1000, 1024])  # padded to whole chunks, and not
+def test_next_token_is_the_first_argmax(vocab):
+    """The graph's two-stage argmax picks what argmax picks, ties and the padded end included."""
+    import export_llm
+
+    gm = torch.fx.symbolic_trace(LogitsOnly())
+    logits = torch.randn(4, 1, vocab)
+    logits[1, 0, [5, 700]] = 100  # a tie across chunks: the first index wins
+    logits[2, 0, [130, 131]] = 100  # a tie inside a chunk
+    logits[3] = 0  # all equal
+    logits[0, 0, -1] = 100  # the very last entry
+    next(n for n in gm.graph.nodes if n.op == "placeholder").meta["val"] = logits
+    last, token = export_llm.add_next_token(gm)(logits)
+    assert torch.equal(last, logits[:, -1]) and last.dtype == torch.float32
+    assert token.tolist() == [vocab - 1, 5, 130, 0]
+    assert torch.equal(token, logits[:, -1].argmax(-1))
+
+
+class LogitsOnly(torch.nn.Module):
+    def forward(self, logits):
+        return (logits,)
 
 
 def test_one_attention_op_per_layer_with_unrepeated_kv():
@@ -169,7 +196,7 @@ def test_inductor_backend_matches_transformers():
     # A generation right after the build compiles nothing more (a recompile would land in the
     # first timed step of a benchmark).
     with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
-        greedy(gen, prefill(gen, sequence[:, :PROMPT]), 4)
+        greedy(gen, prefill(gen, sequence[:, :PROMPT])[1], 4)
     gen.reset()
     errors = teacher_forced_errors(gen, ref, sequence[:, : PROMPT + 8])
     assert max(errors) < TOL, errors
@@ -191,7 +218,7 @@ def test_graph_reexports_for_tensorrt(cache):
     ours, _ = tiny_pair("gemma3")
     make_inputs = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
     max_len = PROMPT + DECODE
-    gm = export_llm.export_graph(LastLogits(ours), make_inputs(2), (1, 1), max_len)
+    gm = export_llm.add_next_token(export_llm.export_graph(LastLogits(ours), make_inputs(2), (1, 1), max_len))
     fuse_linears.apply(gm)
     passes = {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=False),
               "static_v1": lambda: static_cache_v1.apply(gm, 1, max_len),

@@ -99,15 +99,17 @@ def run_pipeline(vlm, args, num_tokens=NEW_TOKENS, dtype=torch.float32):
     make = run_vlm.example_inputs(vlm, args.batch_size, vlm.text_config.hidden_size, dtype, device)
     gen, _, _ = build_generator(vlm.lm_module, make, (1, vlm.position_seq_dim), args, device, dtype, max_len,
                                 (embeds, positions))
-    logits = [prefill(gen, embeds, positions, args.prefill_chunk)]
+    first_logits, first_token = prefill(gen, embeds, positions, args.prefill_chunk)
+    logits = [first_logits]
     step = gen.step
 
     def record(x, position_ids=None):
-        logits.append(step(x, position_ids))
-        return logits[-1]
+        out = step(x, position_ids)
+        logits.append(out[0])
+        return out
 
     gen.step = record
-    tokens = greedy(gen, logits[0], num_tokens, embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
+    tokens = greedy(gen, first_token, num_tokens, embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
     return input_ids, logits, tokens
 
 
