@@ -74,8 +74,8 @@ def _argmax_in_chunks(graph, x, size, chunks=128):
     """Graph nodes for ``x.argmax(-1)`` of ``x [B, size]`` as two reductions: the max of each of
     ``chunks`` slices (padded with -inf), then the best slice. One argmax over a whole vocabulary
     runs in a single thread block per row: 26 us (ATen) or 19-24 us (Inductor) per Llama-3.2-1B
-    step on an H100; the two reductions take 2 us each (BENCHMARKS.md, run 5). Ties go to the first index,
-    as with argmax: the first slice holding the max, then its first max."""
+    step on an H100; the two reductions take 2 us each (BENCHMARKS.md, run 5). Ties go to the
+    first index, as with argmax: the first slice holding the max, then its first max."""
     call = graph.call_function
     pad = -size % chunks
     if pad:
