@@ -123,14 +123,15 @@ def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KE
 
 def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_KEYS_PER_SPLIT):
     """q ``[B, Hq, 1, D]``, caches ``[B, Hkv, L, D]``, the new token's position (int64 ``[1]``,
-    on the device) and sliding window (0: none) -> ``[B, Hq, 1, D]``."""
+    on the device) and sliding window (0: none) -> ``[B, 1, Hq, D]``, the layout the output
+    projection reads."""
     batch, q_heads, _, head_dim = q.shape
     kv_heads, num_keys = k_cache.shape[1], k_cache.shape[2]
     group = q_heads // kv_heads
     d_pad = max(16, triton.next_power_of_2(head_dim))
     block_n, per_split, splits = plan(batch, kv_heads, num_keys, head_dim, _num_sms(q.device.index or 0),
                                       min_keys_per_split)
-    out = torch.empty((batch, q_heads, 1, head_dim), dtype=q.dtype, device=q.device)
+    out = torch.empty((batch, 1, q_heads, head_dim), dtype=q.dtype, device=q.device)
     if splits == 1:
         acc = row_max = row_sum = out  # unused by the single-split kernel
     else:
@@ -141,14 +142,14 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
     wrap_triton(_attend_split)[(batch * kv_heads, splits)](
         q, k_cache, v_cache, position, out, acc, row_max, row_sum,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(2),
         per_split,
         QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1,
     )
     if splits > 1:
         wrap_triton(_merge_splits)[(batch * q_heads,)](
-            acc, row_max, row_sum, out, out.stride(0), out.stride(1), splits,
+            acc, row_max, row_sum, out, out.stride(0), out.stride(2), splits,
             HQ=q_heads, GROUP=group, D=head_dim, D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits),
         )
     return out

@@ -99,8 +99,8 @@ def test_decode_kernel_matches_fp32(batch, q_heads, kv_heads, head_dim, max_len,
     import decode_attention  # needs triton, which comes with CUDA builds of torch
 
     got = decode_attention.decode_attention(*low, cache_position, scale, window).float()
-    want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale)
-    sdpa = register_sdpa._masked_gqa_sdpa(*low, mask, scale).float()
+    want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale).transpose(1, 2)  # the kernel returns [B, 1, Hq, D]
+    sdpa = register_sdpa._masked_gqa_sdpa(*low, mask, scale).float().transpose(1, 2)
     flat = [t.reshape(-1, head_dim) for t in (got, want, sdpa)]
     error, sdpa_error = max_relative_error(flat[0], flat[1]), max_relative_error(flat[2], flat[1])
     print(f"decode kernel {tuple(q.shape)} over {max_len} keys: max rel err {error:.2e} (SDPA {sdpa_error:.2e})")
