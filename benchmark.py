@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from generate import greedy, prefill
-from utils import log, write_atomic
+from utils import locked, log, write_atomic
 
 # Datasheet memory bandwidth (bytes/s) by the name torch reports, for the bandwidth floor.
 CARD_BANDWIDTH = {
@@ -326,11 +326,12 @@ def report(result, args):
 
 def append_csv(path, new_rows):
     path = Path(path)
-    old = path.read_text() if path.exists() else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    if not old:
-        writer.writeheader()
-    writer.writerows(new_rows)
-    write_atomic(path, old + buffer.getvalue())
+    with locked(path):
+        old = path.read_text() if path.exists() else ""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if not old:
+            writer.writeheader()
+        writer.writerows(new_rows)
+        write_atomic(path, old + buffer.getvalue())
     log(f"appended {len(new_rows)} rows to {path}")

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from utils import write_atomic
+from utils import locked, write_atomic
 
 COLUMNS = [("model", "model"), ("runner", "runner"), ("backend", "backend"), ("cache", "cache"),
            ("precision", "prec"), ("isl", "ISL"), ("ttft_ms", "TTFT ms"), ("tpot_p50_ms", "TPOT p50 ms"),
@@ -18,7 +18,7 @@ COLUMNS = [("model", "model"), ("runner", "runner"), ("backend", "backend"), ("c
 
 
 def append(path, record):
-    with open(path, "a") as f:  # one line per cell, appended whole
+    with locked(path), open(path, "a") as f:  # one line per cell, appended whole
         f.write(json.dumps(record) + "\n")
 
 

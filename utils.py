@@ -1,6 +1,8 @@
 """Small shared helpers for the command-line tools: user errors, progress lines, precision and
-device choice, atomic result files, version stamps."""
+device choice, atomic and locked result files, version stamps."""
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -63,6 +65,17 @@ def versions():
         found["cuda"] = torch.version.cuda
         found["gpu"] = torch.cuda.get_device_name()
     return found
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive lock for ``path`` (on a hidden file beside it) while the block runs, so
+    processes that append to one results file at once (a sweep over several GPUs) lose no rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_atomic(path, text):

@@ -185,6 +185,46 @@ def test_sweep_records_failures_and_keeps_earlier_results(tiny_llama_dir, tmp_pa
     assert last["error"].startswith("timed out after 1 s")
 
 
+def test_sweep_over_gpu_lanes_loses_no_rows(tiny_llama_dir, tmp_path):
+    """GPUS="0 1": two lanes at once (on CPU the GPU ids change nothing), each cell recorded
+    once in the JSONL and the CSV."""
+    out = tmp_path / "sweep"
+    env = {"PYTHON": sys.executable, "OUT": str(out), "MODELS": str(tiny_llama_dir), "BACKENDS": "eager",
+           "CACHES": "static_v2 dynamic", "ISLS": "8 9", "NUM_TOKENS": "3", "ARGS": "--iterations 1 --warmup 0",
+           "GPUS": "0 1"}
+    result = subprocess.run(["bash", os.path.join(ROOT, "sweep.sh")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **env})
+    assert result.returncode == 0 and "4 cells, 0 failed" in result.stderr, result.stderr
+    assert "(GPU 0)" in result.stderr and "(GPU 1)" in result.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["cache"], r["isl"]) for r in records) == [("dynamic", 8), ("dynamic", 9), ("static_v2", 8),
+                                                                ("static_v2", 9)]
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
+
+
+def _append_rows(path, writer):
+    import benchmark
+
+    for i in range(20):
+        benchmark.append_csv(path, [{"model": f"{writer}-{i}", "runner": "pipeline"}])
+
+
+def test_concurrent_csv_appends_keep_every_row(tmp_path):
+    """Processes appending to one --results_csv at once (the file is rewritten whole on each
+    append) lose nothing: each append holds a lock around its read and rewrite."""
+    import multiprocessing
+
+    path = tmp_path / "results.csv"
+    workers = [multiprocessing.get_context("fork").Process(target=_append_rows, args=(path, w)) for w in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert all(worker.exitcode == 0 for worker in workers)
+    assert sorted(row["model"] for row in csv.DictReader(path.open())) == sorted(
+        f"{w}-{i}" for w in range(6) for i in range(20))
+
+
 def test_sweep_plot_keeps_every_backend_and_cache():
     """A grid has several pipeline rows per model and ISL: each backend + cache is its own bar."""
     common = dict(model="org/m", isl=128, precision="BF16")
