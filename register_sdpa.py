@@ -92,6 +92,11 @@ def _output_like(q, v):
 def cached_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
+    return _cached_attention(q, k_cache, v_cache, mask, scale)
+
+
+def _cached_attention(q, k_cache, v_cache, mask, scale):
+    """The op's body, also what Inductor traces through (``register_inductor_decompositions``)."""
     return _sequence_major(_masked_gqa_sdpa(q, k_cache, v_cache, mask, scale))
 
 
@@ -105,11 +110,7 @@ def register_inductor_decompositions():
     per-group repeat then fuses with the mask itself, once for all layers that share it."""
     from torch._inductor.decomposition import decompositions
 
-    decompositions[torch.ops.tllm.cached_attention.default] = _cached_attention_decomposed
-
-
-def _cached_attention_decomposed(q, k_cache, v_cache, mask, scale):
-    return _sequence_major(_masked_gqa_sdpa(q, k_cache, v_cache, mask, scale))
+    decompositions[torch.ops.tllm.cached_attention.default] = _cached_attention
 
 
 def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window):
