@@ -59,7 +59,6 @@ def teacher_forced_errors(gen, ref, sequence, chunk=0):
         assert torch.equal(token, logits.argmax(-1))  # the graph's token is its logits' argmax
         errors.append((logits - want[:, j]).abs().max().item())
     return errors
-    return errors
 
 
 @pytest.mark.parametrize("cache", ["static_v2", "static_v1", "dynamic", ""])
