@@ -5,6 +5,7 @@ top-level error handling that turns bad input into one line and a non-zero exit.
 import argparse
 import copy
 import functools
+import importlib.util
 import sys
 import time
 
@@ -153,6 +154,10 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
             layers_split_k = register_sdpa.use_split_k_decode(gm)
             log(f"decode attention: split-K Triton kernel in {layers_split_k} of {layers} layers"
                 if layers_split_k else "decode attention: SDPA (the Triton kernel needs CUDA and triton)")
+        if backend != "tensorrt" and device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            import gated_down
+
+            log(f"gated MLP down projection: Triton kernel in {gated_down.use_gated_down(gm)} of {layers} layers")
     elif args.cache == "static_v1":
         static_cache_v1.apply(gm, args.batch_size, max_len)
     elif args.cache == "dynamic":

@@ -1,8 +1,9 @@
 """Run ``run_llm.py`` with decode-step changes of BENCHMARKS.md runs 4-5 switched off, to
 repeat their same-machine comparisons: ``--without split_bias`` (biased products stay cuBLAS
 addmm), ``combo_kernels`` (no horizontal fusion of small kernels), ``pdl`` (no programmatic
-dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tuning timing), in
-any combination. The other arguments go to run_llm.py unchanged.
+dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tuning timing),
+``gated_down`` (Inductor's down projection of gated MLPs), in any combination. The other
+arguments go to run_llm.py unchanged.
 
     python3 benchmarks/inductor_ab.py --without split_bias combo_kernels -- \\
         --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --benchmark --precision BF16 --isl 128 --cudagraph
@@ -24,12 +25,16 @@ INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl"
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "long_flush", *INDUCTOR_OPTIONS])
+    parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "long_flush", "gated_down", *INDUCTOR_OPTIONS])
     args, rest = parser.parse_known_args()
     if "split_bias" in args.without:
         backends.split_bias = lambda gm: 0
     if "long_flush" in args.without:
         backends.flush_past_the_launch = lambda: None
+    if "gated_down" in args.without:
+        import gated_down
+
+        gated_down.use_gated_down = lambda gm: 0
     off = {INDUCTOR_OPTIONS[name]: False for name in args.without if name in INDUCTOR_OPTIONS}
     if off:
         compile_graph = torch.compile
