@@ -24,6 +24,11 @@ from export_llm import finish
 aten = torch.ops.aten
 MAX_SPLITS = 8  # Inductor unrolls a sum over at most 8 elements into the kernel that reads it
 SPLIT_MULTIPLE = 256  # each split's length is a multiple of the largest reduction tile
+# Widest output (hidden size) the rewrite takes. Measured on an H100 against Inductor's own
+# kernel (BENCHMARKS.md, run 7): faster at 896 rows (Qwen2.5-0.5B) and 1152 (Gemma 3 1B),
+# 2% slower at 2048 (Llama-3.2-1B), a tie at 4096 (Llama-3.1-8B); wider outputs give Inductor
+# enough row blocks to fill the GPU without splitting the reduction.
+MAX_ROWS = 1152
 
 
 @triton.autotune(
@@ -120,14 +125,15 @@ def gated_down_projection(gate_up, weight, gelu):
 
 
 def use_gated_down(gm):
-    """Point the down projections of gated MLPs in a static_v2 decode graph on CUDA at
-    ``gated_down_projection``. Returns how many it rewrote."""
+    """Point the down projections of gated MLPs in a static_v2 decode graph on CUDA, at most
+    MAX_ROWS wide, at ``gated_down_projection``. Returns how many it rewrote."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.target is not aten.linear.default or len(node.args) != 2:
             continue
         found = _gated_input(node.args[0])
-        if found is None or node.meta["val"].device.type != "cuda":
+        out = node.meta["val"]
+        if found is None or out.device.type != "cuda" or out.shape[-1] > MAX_ROWS:
             continue
         gate_up, gelu = found
         node.target = gated_down_projection

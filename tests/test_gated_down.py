@@ -33,7 +33,7 @@ for family, layers in [("llama", 2), ("gemma3", 6), ("gpt2", 0)]:
     model, _ = tiny_pair(family)
     sequence = torch.randint(0, 512, (1, PROMPT + 6))
     want, gen = (build(model, sequence[:, :PROMPT], "static_v2") for _ in range(2))
-    # what use_gated_down does to a decode graph on CUDA (it checks for CUDA itself)
+    # what use_gated_down does to a narrow decode graph on CUDA (it checks device and width itself)
     rewritten = 0
     for node in list(gen.graph.graph.nodes):
         found = node.target is torch.ops.aten.linear.default and len(node.args) == 2 and gated_down._gated_input(node.args[0])
