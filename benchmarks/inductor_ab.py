@@ -1,4 +1,4 @@
-"""Run ``run_llm.py`` with decode-step changes of BENCHMARKS.md runs 4-5 switched off, to
+"""Run ``run_llm.py`` with decode-step changes of BENCHMARKS.md runs 4-7 switched off, to
 repeat their same-machine comparisons: ``--without split_bias`` (biased products stay cuBLAS
 addmm), ``combo_kernels`` (no horizontal fusion of small kernels), ``pdl`` (no programmatic
 dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tuning timing),

@@ -188,6 +188,22 @@ def test_split_bias_keeps_the_function(family, products):
     torch.testing.assert_close(after, before)
 
 
+def test_tuning_flush_reaches_inductors_benchmarker():
+    """flush_past_the_launch relies on Inductor's benchmarker reading an instance value of
+    L2_cache_size for its flush size; a torch that stops doing so fails here."""
+    import backends
+    from torch._inductor.runtime.benchmarking import benchmarker
+
+    saved = benchmarker.__dict__.pop("L2_cache_size", None)
+    try:
+        backends.flush_past_the_launch()
+        assert benchmarker.get_device_cache_size("cuda") == backends.TUNING_FLUSH_BYTES
+    finally:
+        benchmarker.__dict__.pop("L2_cache_size", None)
+        if saved is not None:
+            benchmarker.__dict__["L2_cache_size"] = saved
+
+
 def test_inductor_backend_matches_transformers():
     ours, ref = tiny_pair("llama")
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
