@@ -150,11 +150,14 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
         first = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
         static_cache_v2.apply(first, args.batch_size, max_len, inplace=inplace, fresh=True)
         static_cache_v2.apply(gm, args.batch_size, max_len, inplace=inplace)
+        # The decode graph's Triton kernels: CUDA only, and TensorRT runs its own
+        triton_kernels = (backend != "tensorrt" and device.type == "cuda"
+                          and importlib.util.find_spec("triton") is not None)
         if args.decode_attention == "triton" and backend != "tensorrt":
-            layers_split_k = register_sdpa.use_split_k_decode(gm)
+            layers_split_k = register_sdpa.use_split_k_decode(gm) if triton_kernels else 0
             log(f"decode attention: split-K Triton kernel in {layers_split_k} of {layers} layers"
                 if layers_split_k else "decode attention: SDPA (the Triton kernel needs CUDA and triton)")
-        if backend != "tensorrt" and device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        if triton_kernels:
             import gated_down
 
             log(f"gated MLP down projection: Triton kernel in {gated_down.use_gated_down(gm)} of {layers} layers")
