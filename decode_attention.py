@@ -107,7 +107,7 @@ def _merge_splits(Acc, Max, Sum, Out, o_sb, o_sh, num_splits,
 
 
 @functools.cache
-def _num_sms(device_index):
+def num_sms(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -129,7 +129,7 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
     kv_heads, num_keys = k_cache.shape[1], k_cache.shape[2]
     group = q_heads // kv_heads
     d_pad = max(16, triton.next_power_of_2(head_dim))
-    block_n, per_split, splits = plan(batch, kv_heads, num_keys, head_dim, _num_sms(q.device.index or 0),
+    block_n, per_split, splits = plan(batch, kv_heads, num_keys, head_dim, num_sms(q.device.index or 0),
                                       min_keys_per_split)
     out = torch.empty((batch, 1, q_heads, head_dim), dtype=q.dtype, device=q.device)
     if splits == 1:

@@ -13,13 +13,12 @@ splits, which Inductor folds into the kernel that reads the result.
 CUDA only; importing this module needs triton. ``use_gated_down`` rewrites a decode graph.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+import decode_attention
 from export_llm import finish
 
 aten = torch.ops.aten
@@ -58,11 +57,6 @@ def _gated_down(GateUp, W, Partial, rows, inner, gu_stride, PER_SPLIT: tl.conste
     tl.store(Partial + (split * tl.num_programs(2) + b) * rows + n, tl.sum(acc, 1), mask=n < rows)
 
 
-@functools.cache
-def _num_sms(device_index):
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def plan(rows, inner, num_sms):
     """(keys of the reduction per split, splits): about two programs per SM at 16 rows each,
     at most MAX_SPLITS."""
@@ -87,7 +81,7 @@ def partial_sums(gate_up, weight, gelu, num_sms, tile=None):
 
 @triton_op("tllm::gated_down", mutates_args=())
 def gated_down(gate_up: torch.Tensor, weight: torch.Tensor, gelu: bool) -> torch.Tensor:
-    return partial_sums(gate_up, weight, gelu, _num_sms(gate_up.device.index or 0))
+    return partial_sums(gate_up, weight, gelu, decode_attention.num_sms(gate_up.device.index or 0))
 
 
 ACTIVATIONS = {aten.silu.default: False, aten.gelu.default: True}

@@ -52,7 +52,7 @@ def main():
                        [lambda: register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale)] * CALLS)}
             for minimum in MIN_SPLITS:
                 splits = decode_attention.plan(1, kv_heads, length, head_dim,
-                                               decode_attention._num_sms(device.index or 0), minimum)[2]
+                                               decode_attention.num_sms(device.index or 0), minimum)[2]
                 row[f"triton_min{minimum}_us"] = benchmark.graph_us_per_call(
                     [lambda: decode_attention.attend(q, k, v, position, scale, 0, minimum)] * CALLS)
                 row[f"triton_min{minimum}_splits"] = splits

@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 GATED_DOWN = """
 import torch
+import decode_attention
 import gated_down
 from generate import prefill
 from test_llm_pipeline import PROMPT, build, tiny_pair
@@ -20,7 +21,7 @@ from test_llm_pipeline import PROMPT, build, tiny_pair
 # The interpreter can neither time autotuning candidates nor ask a GPU for its SM count.
 partial_sums = gated_down.partial_sums
 gated_down.partial_sums = lambda g, w, gelu, sms: partial_sums(g, w, gelu, sms, tile=(16, 128))
-gated_down._num_sms = lambda index: 132
+decode_attention.num_sms = lambda index: 132
 
 torch.manual_seed(0)
 for rows, inner, batch, gelu in [(96, 400, 1, False), (64, 1024, 2, True), (40, 300, 1, False)]:
@@ -61,7 +62,7 @@ def _patch_lang_tensor(tensor, scope):
     patch_tensor(tensor, scope)
     scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
 interpreter._patch_lang_tensor = _patch_lang_tensor
-decode_attention._num_sms = lambda index: 132  # the interpreter has no GPU to ask
+decode_attention.num_sms = lambda index: 132  # the interpreter has no GPU to ask
 torch.manual_seed(0)
 # batch, query heads, K/V heads, head dim, cache length, new token's position, window, keys per split
 for b, hq, hkv, d, keys, position, window, per_split in [
