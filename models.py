@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
+import huggingface_hub
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -77,15 +79,32 @@ def load_config(model, random_weights):
             f"Bundled: {', '.join(BUNDLED_CONFIGS)}"
         )
     try:
+        try:
+            return AutoConfig.from_pretrained(model, local_files_only=True)
+        except OSError:  # not in the cache: ask the hub, if it can be reached
+            unreachable = _hub_unreachable()
+            if unreachable:
+                raise UserError(
+                    f"--model {model}: not a local folder and not in the Hugging Face cache, and {unreachable}; "
+                    "download it where there is network (hf download) and pass the folder, or use "
+                    "--random_weights for a supported model"
+                ) from None
         return AutoConfig.from_pretrained(model)
-    except OSError as e:
-        raise UserError(
-            f"--model {model}: not a local folder and not in the Hugging Face cache, and the hub is "
-            "unreachable; download it where there is network (huggingface-cli download) and pass the folder, "
-            "or use --random_weights for a supported model"
-        ) from e
-    except ValueError as e:
+    except (OSError, ValueError) as e:  # e.g. no such repository, a gated one, a config transformers can't read
         raise UserError(f"--model {model}: {str(e).splitlines()[0]}") from e
+
+
+def _hub_unreachable():
+    """Why the Hugging Face hub cannot be asked (a phrase), or None. One request with a short
+    timeout: without it, a machine with no network waits through the hub client's retries
+    (about 25 s of them) before transformers gives up."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        huggingface_hub.get_session().head(huggingface_hub.constants.ENDPOINT, timeout=5)
+    except httpx.HTTPError as e:
+        return f"the hub ({huggingface_hub.constants.ENDPOINT}) is unreachable: {type(e).__name__}"
+    return None
 
 
 def _read_config_file(path):

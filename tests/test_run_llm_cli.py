@@ -150,6 +150,15 @@ def test_bad_input_is_one_clear_line(case, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_unreachable_hub_is_one_line_without_retries():
+    """A hub id that is not cached, on a machine whose hub endpoint refuses connections: one
+    line at once, not the hub client's retries first."""
+    result = run_cli("--model", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode != 0 and "Retrying" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "127.0.0.1:9) is unreachable" in lines[0], result.stderr
+
+
 def test_tensorrt_absent_is_explained(monkeypatch):
     import backends
     from utils import UserError
