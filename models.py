@@ -78,26 +78,29 @@ def load_config(model, random_weights):
             f"--random_weights needs a bundled config or a local folder; {model!r} is neither. "
             f"Bundled: {', '.join(BUNDLED_CONFIGS)}"
         )
+    unreachable = _hub_unreachable()
+    if unreachable and not huggingface_hub.constants.HF_HUB_OFFLINE:
+        # Each later lookup (config, weights, tokenizer files) would otherwise wait through the
+        # hub client's retries, minutes in all for a cached model, before using the cache
+        log(f"{unreachable}: using the local Hugging Face cache only")
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
-        try:
-            return AutoConfig.from_pretrained(model, local_files_only=True)
-        except OSError:  # not in the cache: ask the hub, if it can be reached
-            unreachable = _hub_unreachable()
-            if unreachable:
-                raise UserError(
-                    f"--model {model}: not a local folder and not in the Hugging Face cache, and {unreachable}; "
-                    "download it where there is network (hf download) and pass the folder, or use "
-                    "--random_weights for a supported model"
-                ) from None
         return AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as e:  # e.g. no such repository, a gated one, a config transformers can't read
+    except OSError as e:
+        if unreachable:
+            raise UserError(
+                f"--model {model}: not a local folder and not in the Hugging Face cache, and {unreachable}; "
+                "download it where there is network (hf download) and pass the folder, or use "
+                "--random_weights for a supported model"
+            ) from None
+        raise UserError(f"--model {model}: {str(e).splitlines()[0]}") from e  # e.g. no such repository, gated
+    except ValueError as e:
         raise UserError(f"--model {model}: {str(e).splitlines()[0]}") from e
 
 
 def _hub_unreachable():
-    """Why the Hugging Face hub cannot be asked (a phrase), or None. One request with a short
-    timeout: without it, a machine with no network waits through the hub client's retries
-    (about 25 s of them) before transformers gives up."""
+    """Why the Hugging Face hub cannot be asked (a phrase), or None, from one request with a
+    short timeout."""
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     try:

@@ -4,6 +4,7 @@ benchmark's JSON/CSV on CPU, and one clear line with a non-zero exit for each ba
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -150,13 +151,30 @@ def test_bad_input_is_one_clear_line(case, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+NO_HUB = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # a hub endpoint that refuses connections
+
+
 def test_unreachable_hub_is_one_line_without_retries():
-    """A hub id that is not cached, on a machine whose hub endpoint refuses connections: one
-    line at once, not the hub client's retries first."""
-    result = run_cli("--model", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    """A hub id that is not cached, with no hub to ask: one line at once, not the hub client's
+    retries first."""
+    result = run_cli("--model", "no-such-org/no-such-model", env=NO_HUB)
     assert result.returncode != 0 and "Retrying" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "127.0.0.1:9) is unreachable" in lines[0], result.stderr
+
+
+def test_cached_hub_model_runs_without_the_hub(tiny_llama_dir, tmp_path):
+    """A hub id in the local Hugging Face cache, with no hub to ask: it runs from the cache
+    without the hub client's retries (which took 3 minutes for this model before)."""
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    result = run_cli("--model", "acme/tiny-llama", "--benchmark", "--isl", "8", "--num_tokens", "2", "--iterations", "1",
+                     env={**NO_HUB, "HF_HOME": str(tmp_path)})
+    assert result.returncode == 0 and "Retrying" not in result.stderr, result.stderr
+    assert "using the local Hugging Face cache only" in result.stderr
 
 
 def test_tensorrt_absent_is_explained(monkeypatch):
