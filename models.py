@@ -86,15 +86,13 @@ def load_config(model, random_weights):
         huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
         return AutoConfig.from_pretrained(model)
-    except OSError as e:
-        if unreachable:
+    except (OSError, ValueError) as e:  # e.g. no such repository, a gated one, a config transformers can't read
+        if unreachable and isinstance(e, OSError):
             raise UserError(
                 f"--model {model}: not a local folder and not in the Hugging Face cache, and {unreachable}; "
                 "download it where there is network (hf download) and pass the folder, or use "
                 "--random_weights for a supported model"
             ) from None
-        raise UserError(f"--model {model}: {str(e).splitlines()[0]}") from e  # e.g. no such repository, gated
-    except ValueError as e:
         raise UserError(f"--model {model}: {str(e).splitlines()[0]}") from e
 
 
