@@ -26,6 +26,7 @@ class Generator:
         self.cache_shapes = cache_shapes
         self.cudagraph = cudagraph
         self.graphs = {}  # (sequence length, into an empty cache) -> captured step
+        self.fed_back = None  # the captured step whose inputs are already the next greedy step's
         self.caches = []
         if cache in ("static_v1", "static_v2"):
             self.caches = [
@@ -37,6 +38,7 @@ class Generator:
     def reset(self):
         """Forget the sequence. Static buffers are kept: rows past the length are never read."""
         self.length = 0
+        self.last_token, self.fed_back = None, None
         self.seen_inputs, self.seen_positions = None, None
         if self.cache == "dynamic":
             self.caches = [
@@ -59,11 +61,24 @@ class Generator:
         if self.cudagraph:
             graph = self.graphs.get((s, fresh)) or self._capture(x, position_ids, fresh)
             out = graph.replay(x, position_ids, self.length)
+            self.fed_back = graph if graph.feeds_back else None
         else:
             cache_position = torch.arange(self.length, self.length + s, device=self.device)
             out = self._run(x, position_ids, cache_position, fresh)
         self.length += s
+        self.last_token = out[1]
         return out
+
+    @torch.no_grad()
+    def next_token(self):
+        """One greedy step of text: the token the last step chose, fed at the next text position.
+        Returns the next token ``[B]``. After a replayed one-token step the captured graph has
+        already written these inputs, so the replay is the step's only work."""
+        if self.fed_back is None or self.length + 1 > self.max_len:
+            return self.step(self.last_token[:, None])[1]
+        self.length += 1
+        self.last_token = self.fed_back.replay_fed_back()
+        return self.last_token
 
     def _run(self, x, position_ids, cache_position, fresh=False):
         if self.cache == "":
@@ -97,6 +112,10 @@ class _CapturedStep:
 
     def __init__(self, gen, x, position_ids, fresh):
         self.x, self.position_ids = x.clone(), position_ids.clone()
+        # A one-token step over token ids also writes the next greedy step's inputs (its token,
+        # positions + 1) at its end, so that greedy decoding replays with no host-side work
+        # between steps; replay() overwrites them for any other input.
+        self.feeds_back = x.shape[1] == 1 and not x.is_floating_point()
         self.cache_position = torch.arange(gen.length, gen.length + x.shape[1], device=gen.device)
         self.offsets = torch.arange(x.shape[1], device=gen.device)
         # Warm up on a side stream (compilers compile and autotune here). Each run writes the
@@ -110,6 +129,10 @@ class _CapturedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits, self.token = gen._run(self.x, self.position_ids, self.cache_position, fresh)
+            if self.feeds_back:
+                self.x.copy_(self.token.view_as(self.x))
+                self.position_ids.add_(1)
+                self.cache_position.add_(1)
 
     def replay(self, x, position_ids, start):
         self.x.copy_(x)
@@ -117,6 +140,11 @@ class _CapturedStep:
         torch.add(self.offsets, start, out=self.cache_position)
         self.graph.replay()
         return self.logits.clone(), self.token.clone()  # the next replay overwrites the static buffers
+
+    def replay_fed_back(self):
+        """Replay on the inputs the last replay wrote; the next token ``[B]`` (logits not copied)."""
+        self.graph.replay()
+        return self.token.clone()
 
 
 def prefill(gen, x, position_ids=None, chunk=0):
@@ -152,6 +180,10 @@ def greedy(gen, first_token, num_tokens, eos_ids=(), embed=None, decode_position
             on_step(i)
         if i == num_tokens - 1 or (len(eos) and bool(done.all())):
             break
+        if i > 0 and embed is None and decode_positions is None:
+            # the step's own choice, fed back (a finished row's later tokens are EOS regardless)
+            token = gen.next_token()
+            continue
         x = token[:, None] if embed is None else embed(token[:, None])
         positions = decode_positions(gen.length) if decode_positions else None
         token = gen.step(x, positions)[1]

@@ -2,8 +2,9 @@
 repeat their same-machine comparisons: ``--without split_bias`` (biased products stay cuBLAS
 addmm), ``combo_kernels`` (no horizontal fusion of small kernels), ``pdl`` (no programmatic
 dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tuning timing),
-``gated_down`` (Inductor's down projection of gated MLPs), in any combination. The other
-arguments go to run_llm.py unchanged.
+``gated_down`` (Inductor's down projection of gated MLPs), ``fed_back`` (greedy steps copy their
+inputs in from the host, as before the replayed step wrote them itself), in any combination. The
+other arguments go to run_llm.py unchanged.
 
     python3 benchmarks/inductor_ab.py --without split_bias combo_kernels -- \\
         --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --benchmark --precision BF16 --isl 128 --cudagraph
@@ -25,7 +26,8 @@ INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl"
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "long_flush", "gated_down", *INDUCTOR_OPTIONS])
+    parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "long_flush", "gated_down", "fed_back",
+                                                                      *INDUCTOR_OPTIONS])
     args, rest = parser.parse_known_args()
     if "split_bias" in args.without:
         backends.split_bias = lambda gm: 0
@@ -35,6 +37,10 @@ def main():
         import gated_down
 
         gated_down.use_gated_down = lambda gm: 0
+    if "fed_back" in args.without:
+        import generate
+
+        generate.Generator.next_token = lambda gen: gen.step(gen.last_token[:, None])[1]
     off = {INDUCTOR_OPTIONS[name]: False for name in args.without if name in INDUCTOR_OPTIONS}
     if off:
         compile_graph = torch.compile
