@@ -1,6 +1,8 @@
 """A split-K/V ("flash-decoding") Triton kernel for one new token attending over a static KV
-cache, exposed as ``tllm::decode_attention`` (a ``torch.library.triton_op``, so Inductor sees
-the kernels and launches them from its own generated code).
+cache, exposed as two ops over the same kernels: ``tllm::decode_attention`` (a
+``torch.library.triton_op``: Inductor sees the kernels and launches them from its own generated
+code, the fastest path from the host) and ``tllm::decode_attention_pdl`` (opaque: it launches
+them itself with programmatic dependent launch, for steps replayed as CUDA graphs).
 
 Why: with one query row per head, SDPA's kernels run one thread block per K/V head and walk
 the whole buffer serially, so a decode step over 2048 cached keys keeps 2-8 of the H100's 132
@@ -31,7 +33,7 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
                   keys_per_split,
                   QK_SCALE: tl.constexpr, WINDOW: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
                   GROUP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                  SINGLE: tl.constexpr):
+                  SINGLE: tl.constexpr, PDL: tl.constexpr):
     """One (batch row, K/V head, split): online softmax over the split's visible keys for the
     GROUP query heads of that K/V head. The new token sits at ``Position``; key j is visible iff
     position - WINDOW < j <= position (no lower bound when WINDOW is 0), so the loop walks only
@@ -39,6 +41,9 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
     units (QK_SCALE includes log2(e)). The scale is a compile-time constant: passed as an
     argument, it reached the kernel as float64 when Inductor launched it, which made the
     softmax state float64 and failed to compile."""
+    if PDL:  # launched before the kernel that wrote q and the new cache row has finished
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // HKV
@@ -89,8 +94,11 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
 @triton.jit
 def _merge_splits(Acc, Max, Sum, Out, o_sb, o_sh, num_splits,
                   HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                  SPLITS_PAD: tl.constexpr):
+                  SPLITS_PAD: tl.constexpr, PDL: tl.constexpr):
     """One (batch row, query head): weight each split's partial sums by exp2(its max - the max)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     bq = tl.program_id(0)
     b = bq // HQ
     hq = bq % HQ
@@ -111,6 +119,24 @@ def num_sms(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.cache
+def has_pdl(device_index):
+    """Programmatic dependent launch: Hopper and later."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def launch(kernel, grid, pdl, *args, **kwargs):
+    """Launch a kernel that has a ``PDL`` flag. With ``pdl``, directly, with programmatic
+    dependent launch, as Inductor launches its own kernels: it is scheduled while the kernel
+    before it drains, waits (``gdc_wait``) before reading anything, then lets the next kernel be
+    scheduled. Without, through ``wrap_triton``, so that Inductor can launch it from its
+    generated code (Inductor launches a triton_op's kernels without PDL, and rejects the option)."""
+    if pdl:
+        kernel[grid](*args, PDL=True, launch_pdl=True, **kwargs)
+    else:
+        wrap_triton(kernel)[grid](*args, PDL=False, **kwargs)
+
+
 def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KEYS_PER_SPLIT):
     """(keys per tile, keys per split, splits): enough splits to fill the GPU once, none
     shorter than ``min_keys_per_split``."""
@@ -121,7 +147,7 @@ def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KE
     return block_n, per_split, triton.cdiv(num_keys, per_split)
 
 
-def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_KEYS_PER_SPLIT):
+def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_KEYS_PER_SPLIT, pdl=False):
     """q ``[B, Hq, 1, D]``, caches ``[B, Hkv, L, D]``, the new token's position (int64 ``[1]``,
     on the device) and sliding window (0: none) -> ``[B, 1, Hq, D]``, the layout the output
     projection reads."""
@@ -139,16 +165,17 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
         acc = torch.empty((rows, head_dim), dtype=torch.float32, device=q.device)
         row_max = torch.empty((rows,), dtype=torch.float32, device=q.device)
         row_sum = torch.empty_like(row_max)
-    wrap_triton(_attend_split)[(batch * kv_heads, splits)](
-        q, k_cache, v_cache, position, out, acc, row_max, row_sum,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+    launch(
+        _attend_split, (batch * kv_heads, splits), pdl,
+        q, k_cache, v_cache, position, out, acc, row_max, row_sum, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(2),
         per_split,
         QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1,
     )
     if splits > 1:
-        wrap_triton(_merge_splits)[(batch * q_heads,)](
+        launch(
+            _merge_splits, (batch * q_heads,), pdl,
             acc, row_max, row_sum, out, out.stride(0), out.stride(2), splits,
             HQ=q_heads, GROUP=group, D=head_dim, D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits),
         )
@@ -159,3 +186,18 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
                      scale: float, window: int) -> torch.Tensor:
     return attend(q, k_cache, v_cache, position, scale, window)
+
+
+# Launched from Python, each call costs far more host time than Inductor's launch of the
+# triton_op (Qwen2.5-0.5B's step without CUDA graphs: 11.5 ms against 3.3 ms on an H100,
+# BENCHMARKS.md run 9); a CUDA graph pays it once, at capture.
+@torch.library.custom_op("tllm::decode_attention_pdl", mutates_args=())
+def decode_attention_pdl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
+                         scale: float, window: int) -> torch.Tensor:
+    return attend(q, k_cache, v_cache, position, scale, window, pdl=has_pdl(q.device.index or 0))
+
+
+@decode_attention_pdl.register_fake
+def _decode_attention_pdl_fake(q, k_cache, v_cache, position, scale, window):
+    batch, q_heads, _, head_dim = q.shape
+    return q.new_empty((batch, 1, q_heads, head_dim))

@@ -16,7 +16,7 @@ CUDA only; importing this module needs triton. ``use_gated_down`` rewrites a dec
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 import decode_attention
 from export_llm import finish
@@ -38,9 +38,12 @@ MAX_ROWS = 1152
 )
 @triton.jit
 def _gated_down(GateUp, W, Partial, rows, inner, gu_stride, PER_SPLIT: tl.constexpr, GELU: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """Program (row block, split, batch row): FP32 sums over the split of W[n, k] * h[k], with
     h = act(gate[k]) * up[k] computed once per tile."""
+    if PDL:  # see decode_attention.launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     block, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
@@ -66,22 +69,37 @@ def plan(rows, inner, num_sms):
     return per_split, triton.cdiv(inner, per_split)
 
 
-def partial_sums(gate_up, weight, gelu, num_sms, tile=None):
+def partial_sums(gate_up, weight, gelu, num_sms, tile=None, pdl=False):
     """``gate_up`` [B, 2I] (rows contiguous), ``weight`` [N, I] -> FP32 partial sums [splits, B, N].
-    ``tile``: (BLOCK_N, BLOCK_K) instead of autotuning (Triton's CPU interpreter cannot time)."""
+    ``tile``: (BLOCK_N, BLOCK_K) instead of autotuning (Triton's CPU interpreter cannot time).
+    ``pdl``: see ``decode_attention.launch``."""
     batch, inner, rows = gate_up.shape[0], weight.shape[1], weight.shape[0]
     per_split, splits = plan(rows, inner, num_sms)
     out = torch.empty((splits, batch, rows), dtype=torch.float32, device=gate_up.device)
     kernel, extra = (_gated_down, {}) if tile is None else (_gated_down.fn, dict(zip(("BLOCK_N", "BLOCK_K"), tile)))
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), splits, batch)  # noqa: E731
-    wrap_triton(kernel)[grid](gate_up, weight, out, rows, inner, gate_up.stride(0), PER_SPLIT=per_split, GELU=gelu,
-                              **extra)
+    decode_attention.launch(kernel, grid, pdl, gate_up, weight, out, rows, inner, gate_up.stride(0),
+                            PER_SPLIT=per_split, GELU=gelu, **extra)
     return out
 
 
+# Two ops over the same kernel, as for decode attention: Inductor launches the triton_op's,
+# the opaque one launches it itself with programmatic dependent launch (for CUDA graphs).
 @triton_op("tllm::gated_down", mutates_args=())
 def gated_down(gate_up: torch.Tensor, weight: torch.Tensor, gelu: bool) -> torch.Tensor:
     return partial_sums(gate_up, weight, gelu, decode_attention.num_sms(gate_up.device.index or 0))
+
+
+@torch.library.custom_op("tllm::gated_down_pdl", mutates_args=())
+def gated_down_pdl(gate_up: torch.Tensor, weight: torch.Tensor, gelu: bool) -> torch.Tensor:
+    index = gate_up.device.index or 0
+    return partial_sums(gate_up, weight, gelu, decode_attention.num_sms(index), pdl=decode_attention.has_pdl(index))
+
+
+@gated_down_pdl.register_fake
+def _gated_down_pdl_fake(gate_up, weight, gelu):
+    splits = plan(weight.shape[0], weight.shape[1], decode_attention.num_sms(gate_up.device.index or 0))[1]
+    return gate_up.new_empty((splits, gate_up.shape[0], weight.shape[0]), dtype=torch.float32)
 
 
 ACTIVATIONS = {aten.silu.default: False, aten.gelu.default: True}
@@ -106,23 +124,24 @@ def _gated_input(node):
     return None
 
 
-def gated_down_projection(gate_up, weight, gelu):
-    """``linear(act(gate) * up, weight)``, with one-token steps on ``tllm::gated_down``. A plain
-    function in the graph: Dynamo inlines it, so each compiled step length gets its own choice
-    (a prompt chunk keeps Inductor's GEMM)."""
+def gated_down_projection(gate_up, weight, gelu, pdl=False):
+    """``linear(act(gate) * up, weight)``, with one-token steps on ``tllm::gated_down`` (or its
+    ``_pdl`` twin). A plain function in the graph: Dynamo inlines it, so each compiled step length
+    gets its own choice (a prompt chunk keeps Inductor's GEMM)."""
     if gate_up.shape[-2] != 1:
         inner = gate_up.shape[-1] // 2
         gate, up = gate_up[..., :inner], gate_up[..., inner:]
         act = torch.nn.functional.gelu(gate, approximate="tanh") if gelu else torch.nn.functional.silu(gate)
         return torch.nn.functional.linear(act * up, weight)
-    partial = torch.ops.tllm.gated_down(gate_up.reshape(-1, gate_up.shape[-1]), weight, gelu)
+    op = torch.ops.tllm.gated_down_pdl if pdl else torch.ops.tllm.gated_down
+    partial = op(gate_up.reshape(-1, gate_up.shape[-1]), weight, gelu)
     return partial.sum(0).to(gate_up.dtype).view(*gate_up.shape[:-1], weight.shape[0])
 
 
-def use_gated_down(gm):
+def use_gated_down(gm, pdl=False):
     """Point the down projections of gated MLPs at most MAX_ROWS wide in a static_v2 decode
-    graph (one that will run on CUDA) at ``gated_down_projection``. Returns how many it
-    rewrote."""
+    graph (one that will run on CUDA) at ``gated_down_projection``; ``pdl`` for a graph whose
+    steps are replayed as CUDA graphs. Returns how many it rewrote."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.target is not aten.linear.default or len(node.args) != 2:
@@ -132,7 +151,7 @@ def use_gated_down(gm):
             continue
         gate_up, gelu = found
         node.target = gated_down_projection
-        node.args = (gate_up, node.args[1], gelu)
+        node.args = (gate_up, node.args[1], gelu, pdl)
         count += 1
     finish(gm)
     return count

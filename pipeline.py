@@ -154,13 +154,14 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
         triton_kernels = (backend != "tensorrt" and device.type == "cuda"
                           and importlib.util.find_spec("triton") is not None)
         if args.decode_attention == "triton" and backend != "tensorrt":
-            layers_split_k = register_sdpa.use_split_k_decode(gm) if triton_kernels else 0
+            layers_split_k = register_sdpa.use_split_k_decode(gm, args.cudagraph) if triton_kernels else 0
             log(f"decode attention: split-K Triton kernel in {layers_split_k} of {layers} layers"
                 if layers_split_k else "decode attention: SDPA (the Triton kernel needs CUDA and triton)")
         if triton_kernels:
             import gated_down
 
-            log(f"gated MLP down projection: Triton kernel in {gated_down.use_gated_down(gm)} of {layers} layers")
+            layers_gated_down = gated_down.use_gated_down(gm, args.cudagraph)
+            log(f"gated MLP down projection: Triton kernel in {layers_gated_down} of {layers} layers")
     elif args.cache == "static_v1":
         static_cache_v1.apply(gm, args.batch_size, max_len)
     elif args.cache == "dynamic":

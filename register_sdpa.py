@@ -111,19 +111,21 @@ def register_inductor_decompositions():
     decompositions[torch.ops.tllm.cached_attention.default] = _cached_attention
 
 
-def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window):
+def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window, pdl=False):
     """``cached_attention``, with one-token steps on the split-K Triton kernel, which takes the
     token's position and window instead of the mask (so no step builds a mask it does not
     read). A plain function in the graph: Dynamo inlines it, so each compiled step length gets
     its own choice."""
     if q.shape[2] == 1 and q.stride(-1) == 1 and q.shape[-1] == v_cache.shape[-1]:
-        return torch.ops.tllm.decode_attention(q, k_cache, v_cache, position, scale, window)
+        op = torch.ops.tllm.decode_attention_pdl if pdl else torch.ops.tllm.decode_attention
+        return op(q, k_cache, v_cache, position, scale, window)
     return torch.ops.tllm.cached_attention(q, k_cache, v_cache, mask, scale)
 
 
-def use_split_k_decode(gm):
+def use_split_k_decode(gm, pdl=False):
     """Point the ``cached_attention`` nodes of a static_v2 graph that will run on CUDA (with
-    triton installed) at ``split_k_cached_attention``. A rewrite of the graph rather than a
+    triton installed) at ``split_k_cached_attention``; ``pdl`` for a graph whose steps are
+    replayed as CUDA graphs (``decode_attention.launch``). A rewrite of the graph rather than a
     switch inside the op, so that compilers' caches, keyed by the graph, keep the two kernels
     apart. Returns how many nodes it changed."""
     nodes = [n for n in gm.graph.nodes if n.target == torch.ops.tllm.cached_attention.default]
@@ -134,7 +136,7 @@ def use_split_k_decode(gm):
     position = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.target == "cache_position")
     for node in nodes:
         node.target = split_k_cached_attention
-        node.args = (*node.args, position, node.meta["window"])
+        node.args = (*node.args, position, node.meta["window"], pdl)
     gm.recompile()
     return len(nodes)
 

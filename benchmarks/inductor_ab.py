@@ -3,7 +3,8 @@ repeat their same-machine comparisons: ``--without split_bias`` (biased products
 addmm), ``combo_kernels`` (no horizontal fusion of small kernels), ``pdl`` (no programmatic
 dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tuning timing),
 ``gated_down`` (Inductor's down projection of gated MLPs), ``fed_back`` (greedy steps copy their
-inputs in from the host, as before the replayed step wrote them itself), in any combination. The
+inputs in from the host, as before the replayed step wrote them itself), ``kernel_pdl`` (our
+Triton kernels launched by Inductor without PDL in CUDA graphs too), in any combination. The
 other arguments go to run_llm.py unchanged.
 
     python3 benchmarks/inductor_ab.py --without split_bias combo_kernels -- \\
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import backends  # noqa: E402
+import register_sdpa  # noqa: E402
 import run_llm  # noqa: E402
 
 # switch name -> the Inductor option backends.compile_graph turns on
@@ -27,16 +29,22 @@ INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "long_flush", "gated_down", "fed_back",
-                                                                      *INDUCTOR_OPTIONS])
+                                                                      "kernel_pdl", *INDUCTOR_OPTIONS])
     args, rest = parser.parse_known_args()
     if "split_bias" in args.without:
         backends.split_bias = lambda gm: 0
     if "long_flush" in args.without:
         backends.flush_past_the_launch = lambda: None
+    if "kernel_pdl" in args.without:
+        import gated_down
+
+        split_k, down = register_sdpa.use_split_k_decode, gated_down.use_gated_down
+        register_sdpa.use_split_k_decode = lambda gm, pdl=False: split_k(gm)
+        gated_down.use_gated_down = lambda gm, pdl=False: down(gm)
     if "gated_down" in args.without:
         import gated_down
 
-        gated_down.use_gated_down = lambda gm: 0
+        gated_down.use_gated_down = lambda gm, pdl=False: 0
     if "fed_back" in args.without:
         import generate
 

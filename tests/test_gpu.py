@@ -96,6 +96,7 @@ def check_pipeline_against_fp32(family, precision, label, **build_args):
     check_against_fp32(got, want, same_precision, label)
 
 
+@pytest.mark.parametrize("op", ["decode_attention", "decode_attention_pdl"])
 @pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16], ids=["BF16", "FP16"])
 @pytest.mark.parametrize(
     "batch,q_heads,kv_heads,head_dim,max_len,position,window",
@@ -107,9 +108,9 @@ def check_pipeline_against_fp32(family, precision, label, **build_args):
         (1, 8, 8, 80, 600, 599, 0),  # a head size that is not a power of two
     ],
 )
-def test_decode_kernel_matches_fp32(batch, q_heads, kv_heads, head_dim, max_len, position, window, precision):
-    """``tllm::decode_attention`` against FP32 attention: within 2x (+1e-3) of PyTorch's SDPA
-    in the same precision, the kernel it replaces."""
+def test_decode_kernel_matches_fp32(batch, q_heads, kv_heads, head_dim, max_len, position, window, precision, op):
+    """``tllm::decode_attention`` (and its twin launched with PDL) against FP32 attention: within
+    2x (+1e-3) of PyTorch's SDPA in the same precision, the kernel it replaces."""
     torch.manual_seed(0)
     q = torch.randn(batch, q_heads, 1, head_dim, device=CUDA)
     k, v = (torch.randn(batch, kv_heads, max_len, head_dim, device=CUDA) for _ in range(2))
@@ -119,7 +120,7 @@ def test_decode_kernel_matches_fp32(batch, q_heads, kv_heads, head_dim, max_len,
     low = [t.to(precision) for t in (q, k, v)]
     import decode_attention  # needs triton, which comes with CUDA builds of torch
 
-    got = decode_attention.decode_attention(*low, cache_position, scale, window).float()
+    got = getattr(decode_attention, op)(*low, cache_position, scale, window).float()
     want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, scale).transpose(1, 2)  # the kernel returns [B, 1, Hq, D]
     sdpa = register_sdpa._masked_gqa_sdpa(*low, mask, scale).float().transpose(1, 2)
     flat = [t.reshape(-1, head_dim) for t in (got, want, sdpa)]
