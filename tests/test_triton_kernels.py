@@ -28,8 +28,11 @@ for rows, inner, batch, gelu in [(96, 400, 1, False), (64, 1024, 2, True), (40, 
     gate_up, weight = torch.randn(batch, 2 * inner), torch.randn(rows, inner) / inner**0.5
     gate, up = gate_up[:, :inner], gate_up[:, inner:]
     act = torch.nn.functional.gelu(gate, approximate="tanh") if gelu else torch.nn.functional.silu(gate)
-    got = torch.ops.tllm.gated_down(gate_up, weight, gelu).sum(0)
-    torch.testing.assert_close(got, (act * up) @ weight.t())
+    partial = torch.ops.tllm.gated_down(gate_up, weight, gelu)
+    torch.testing.assert_close(partial.sum(0), (act * up) @ weight.t())
+    # the PDL twin's fake (what Inductor allocates for it) must describe the real output
+    fake = gated_down._gated_down_pdl_fake(gate_up, weight, gelu)
+    assert (fake.shape, fake.stride(), fake.dtype) == (partial.shape, partial.stride(), partial.dtype)
 
 for family, layers in [("llama", 2), ("gemma3", 6), ("gpt2", 0)]:
     model, _ = tiny_pair(family)
@@ -79,6 +82,9 @@ for b, hq, hkv, d, keys, position, window, per_split in [
     mask = register_sdpa.visible_keys(position, keys, window)
     want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, d**-0.5).transpose(1, 2)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # the PDL twin's fake (what Inductor allocates for it) must describe the real output
+    fake = decode_attention._decode_attention_pdl_fake(q, k, v, position, d**-0.5, window)
+    assert (fake.shape, fake.stride(), fake.dtype) == (got.shape, got.stride(), got.dtype)
 print("ok")
 """
 
@@ -94,12 +100,12 @@ def interpret(code):
 def test_decode_attention_matches_masked_sdpa():
     """The split-K decode kernel against masked SDPA in FP32: several splits of several tiles
     and their merge, one split, grouped heads, a sliding window, the first position, head dims
-    of 64, 80 (padded), 128 and 256."""
+    of 64, 80 (padded), 128 and 256; its PDL twin's fake output matches the real one."""
     interpret(DECODE_ATTENTION)
 
 
 def test_gated_down_and_its_rewrite_match_pytorch():
-    """The kernel against PyTorch (SiLU and tanh-GELU, masked edges, several splits, batch 2);
-    then a tiny Llama and Gemma 3 whose decode steps go through it give the unrewritten
+    """The kernel against PyTorch (SiLU and tanh-GELU, masked edges, several splits, batch 2),
+    with its PDL twin's fake output matching the real one; then a tiny Llama and Gemma 3 whose decode steps go through it give the unrewritten
     graph's logits, and GPT-2 (no gated MLP) and layers wider than MAX_ROWS are left alone."""
     interpret(GATED_DOWN)
