@@ -1,11 +1,13 @@
-"""Run ``run_llm.py`` with decode-step changes of BENCHMARKS.md runs 4-7 switched off, to
+"""Run ``run_llm.py`` with decode-step changes of BENCHMARKS.md runs 4-9 switched off, to
 repeat their same-machine comparisons: ``--without split_bias`` (biased products stay cuBLAS
 addmm), ``combo_kernels`` (no horizontal fusion of small kernels), ``pdl`` (no programmatic
 dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tuning timing),
 ``gated_down`` (Inductor's down projection of gated MLPs), ``fed_back`` (greedy steps copy their
 inputs in from the host, as before the replayed step wrote them itself), ``kernel_pdl`` (our
-Triton kernels launched by Inductor without PDL in CUDA graphs too), in any combination. The
-other arguments go to run_llm.py unchanged.
+Triton kernels launched by Inductor without PDL in CUDA graphs too), ``coordesc`` (no
+coordinate-descent tuning: Inductor's Triton configs as its heuristics or, with
+TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1, its own benchmark of a few configs pick them), in any
+combination. The other arguments go to run_llm.py unchanged.
 
     python3 benchmarks/inductor_ab.py --without split_bias combo_kernels -- \\
         --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --benchmark --precision BF16 --isl 128 --cudagraph
@@ -23,7 +25,8 @@ import register_sdpa  # noqa: E402
 import run_llm  # noqa: E402
 
 # switch name -> the Inductor option backends.compile_graph turns on
-INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl"}
+INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl",
+                    "coordesc": "coordinate_descent_tuning"}
 
 
 def main():
