@@ -173,10 +173,10 @@ def build_generator(module, make_inputs, seq_dims, args, device, dtype, max_len,
     start = time.perf_counter()
     log(f"compiling with {backend}" + (" + CUDA graphs" if args.cudagraph else ""))
     graph = backends.compile_graph(gm, backend, dtype, max_len, args.min_block_size, args.debug,
-                                   tune=args.tune != "none")
+                                   tune=args.tune != "none", by_layer=args.cudagraph)
     if first is not None:
         first = backends.compile_graph(first, backend, dtype, max_len, args.min_block_size, args.debug,
-                                       tune=args.tune == "all")
+                                       tune=args.tune == "all", by_layer=args.cudagraph)
     own_cudagraph = args.cudagraph and backend != "tensorrt"
     if args.cudagraph and not own_cudagraph:
         import tensorrt_backend

@@ -6,7 +6,8 @@ dependent launch), ``long_flush`` (Inductor's own one-L2 flush before each tunin
 inputs in from the host, as before the replayed step wrote them itself), ``kernel_pdl`` (our
 Triton kernels launched by Inductor without PDL in CUDA graphs too), ``coordesc`` (no
 coordinate-descent tuning: Inductor's Triton configs as its heuristics or, with
-TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1, its own benchmark of a few configs pick them), in any
+TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1, its own benchmark of a few configs pick them),
+``layer_split`` (Inductor compiles the whole graph, not each distinct layer piece once), in any
 combination. The other arguments go to run_llm.py unchanged.
 
     python3 benchmarks/inductor_ab.py --without split_bias combo_kernels -- \\
@@ -32,7 +33,7 @@ INDUCTOR_OPTIONS = {"combo_kernels": "combo_kernels", "pdl": "triton.enable_pdl"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--without", nargs="*", default=[], choices=["split_bias", "long_flush", "gated_down", "fed_back",
-                                                                      "kernel_pdl", *INDUCTOR_OPTIONS])
+                                                                      "kernel_pdl", "layer_split", *INDUCTOR_OPTIONS])
     args, rest = parser.parse_known_args()
     if "split_bias" in args.without:
         backends.split_bias = lambda gm: 0
@@ -48,6 +49,10 @@ def main():
         import gated_down
 
         gated_down.use_gated_down = lambda gm, pdl=False: 0
+    if "layer_split" in args.without:
+        import layer_split
+
+        layer_split.compile_by_layer = lambda gm, compile_piece: (compile_piece(gm), (1, 1))
     if "fed_back" in args.without:
         import generate
 

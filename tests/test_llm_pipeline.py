@@ -20,9 +20,10 @@ CPU = torch.device("cpu")
 TOL = 1e-4
 
 
-def tiny_pair(family, dtype=torch.float32, device=CPU):
-    """(model with our attention op in ``dtype``, the same weights under transformers' SDPA in FP32)."""
-    config = tiny_config(family)
+def tiny_pair(family, dtype=torch.float32, device=CPU, **changes):
+    """(model with our attention op in ``dtype``, the same weights under transformers' SDPA in FP32);
+    ``changes``: config fields to set."""
+    config = tiny_config(family, **changes)
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(
         copy.deepcopy(config), attn_implementation="sdpa", dtype=torch.float32
@@ -204,8 +205,64 @@ def test_tuning_flush_reaches_inductors_benchmarker():
             benchmarker.__dict__["L2_cache_size"] = saved
 
 
-def test_inductor_backend_matches_transformers():
-    ours, ref = tiny_pair("llama")
+def four_layers(family):
+    """Config changes giving a tiny model of ``family`` at least four layers (Gemma's has six)."""
+    return {"gpt2": {"n_layer": 4}, "gemma3": {}}.get(family, {"num_hidden_layers": 4})
+
+
+@pytest.mark.parametrize("cache", ["static_v2", "dynamic", ""])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_layer_split_computes_the_graph(family, cache):
+    """The graph split into layer pieces (what Inductor compiles, once per distinct piece)
+    computes exactly what the whole graph computes, cache writes included, at prefill and
+    decode; the middle layers are one distinct piece."""
+    import dynamic_cache
+    import export_llm
+    import fuse_linears
+    import layer_split
+    import static_cache_v2
+    from generate import Generator
+
+    ours, _ = tiny_pair(family, **four_layers(family))
+    layers = ours.config.num_hidden_layers
+    max_len = PROMPT + DECODE
+    gm = export_llm.add_next_token(export_llm.export_graph(
+        LastLogits(ours), run_llm.text_inputs(1, ours.config.vocab_size, CPU)(2), (1, 1), max_len))
+    fuse_linears.apply(gm)
+    {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=True),
+     "dynamic": lambda: dynamic_cache.apply(gm, 1), "": lambda: gm}[cache]()
+    split = layer_split.split_by_layer(gm)
+    pieces = layer_split.pieces(split)
+    # the embedding and layer 0's first half, one piece per later layer, the final norm and head
+    assert len(pieces) == layers + 1
+    distinct = {layer_split.signature(module) for _, module in pieces}
+    # Gemma's sliding layers pass their window to the prefill attention op, its global layer not
+    assert len(distinct) == (4 if family == "gemma3" and cache != "static_v2" else 3)
+
+    def both(*args):
+        copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        want, got = gm(*args), split(*copies)
+        assert len(want) == len(got)
+        for a, b in zip((*want, *args), (*got, *copies)):
+            assert not isinstance(a, torch.Tensor) or torch.equal(a, b)
+        return want
+
+    gen = Generator(both, gm.meta.get("cache_shapes", []), cache, 1, max_len, torch.float32, CPU, inplace=True)
+    prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT))
+    with torch.no_grad():
+        _, token = prefill(gen, prompt)
+        for _ in range(3):
+            token = gen.step(token[:, None])[1]
+
+
+@pytest.mark.parametrize("by_layer", [False, True], ids=["whole", "by_layer"])
+def test_inductor_backend_matches_transformers(by_layer, monkeypatch):
+    import backends
+
+    compile_graph = backends.compile_graph
+    # by layer is what --cudagraph (CUDA only) picks; four layers give three equal middle pieces
+    monkeypatch.setattr(backends, "compile_graph", lambda *a, **k: compile_graph(*a, **{**k, "by_layer": by_layer}))
+    ours, ref = tiny_pair("llama", num_hidden_layers=4)
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
     gen = build(ours, sequence[:, :PROMPT], "static_v2", backend="inductor")
     # A generation right after the build compiles nothing more (a recompile would land in the

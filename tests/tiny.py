@@ -23,9 +23,10 @@ FAMILIES = {
 }
 
 
-def tiny_config(family):
+def tiny_config(family, **changes):
+    """``changes``: config fields to set on top of the family's tiny overrides."""
     model_id, overrides = FAMILIES[family]
     data = json.loads(BUNDLED_CONFIGS[model_id].read_text())
-    data.update(overrides)
+    data.update(overrides, **changes)
     data = {k: v for k, v in data.items() if v is not None}
     return transformers.CONFIG_MAPPING[data["model_type"]].from_dict(data)
