@@ -77,8 +77,9 @@ def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False, tu
 
         if not by_layer:
             return compile_piece(gm)
-        # Inductor's lowering and tuning scale with the graph it is given, and the middle layers
-        # are one graph: Llama-3.2-1B compiled in 50.8 and 64.0 s, not 71.9 (BENCHMARKS.md, run 10).
+        # Dynamo, AOT and Inductor's lowering take time in proportion to the graph they are
+        # given, and the middle layers are one graph: Llama-3.2-1B compiled in 52.0 s, not
+        # 74.1, on one H100 (BENCHMARKS.md, run 10).
         # Each piece call costs host time (Dynamo's guards, Inductor's wrapper), which only a
         # CUDA graph replay hides.
         split, (count, distinct) = layer_split.compile_by_layer(gm, compile_piece)
