@@ -21,7 +21,7 @@ import qwen_vl
 import register_sdpa
 import run_vlm
 from generate import greedy, prefill
-from test_llm_pipeline import DECODE, PROMPT, build, tiny_pair
+from test_llm_pipeline import DECODE, PROMPT, build, four_layers, tiny_pair
 from test_vlm import cli_args, config_from, run_pipeline, tiny_eagle_config, tiny_qwen_config
 from tiny import FAMILIES
 
@@ -85,8 +85,9 @@ def test_sdpa_decode_matches_fp32(family):
 
 def check_pipeline_against_fp32(family, precision, label, **build_args):
     """A tiny model of the family built as ``build(**build_args)`` in ``precision``, teacher-forced,
-    against transformers' FP32 model (the bound of ``check_against_fp32``)."""
-    ours, ref = tiny_pair(family, precision, CUDA)
+    against transformers' FP32 model (the bound of ``check_against_fp32``). Four layers or more,
+    so that Inductor with CUDA graphs runs one compiled piece for several layers."""
+    ours, ref = tiny_pair(family, precision, CUDA, **four_layers(family))
     torch.manual_seed(1)
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE), device=CUDA)
     with torch.no_grad():
