@@ -247,6 +247,24 @@ def test_eagle_pipeline_matches_eager(eagle, cache):
     assert torch.equal(tokens, expected.argmax(-1))
 
 
+@pytest.mark.parametrize("name", ["qwen", "eagle"])
+def test_vision_encoder_splits_by_layer(name, request):
+    """The exported vision encoders split into layer pieces that compute the same features:
+    indices of modules other than the layer list (Qwen2.5-VL's merger is an nn.Sequential)
+    start new pieces, never number one before an earlier layer's."""
+    import export_llm
+    import layer_split
+
+    vlm = request.getfixturevalue(name)
+    module, _ = vlm.static_encoder()
+    pixels = vlm.vision_inputs(2, torch.device("cpu"))
+    gm = export_llm.export_graph(module, [pixels.clone()], (0,), pixels.shape[0])
+    split = layer_split.split_by_layer(gm)
+    assert len(layer_split.pieces(split)) > 2
+    with torch.no_grad():
+        assert torch.equal(split(pixels)[0], gm(pixels)[0])
+
+
 def original_layout(model):
     """A state dict as the published checkpoint names it (see eagle2.RENAMES), with the
     SigLIP pooling head it carries (unused here)."""
