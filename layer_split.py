@@ -82,6 +82,8 @@ def signature(piece):
         if node.op == "placeholder":
             meta = (tuple(val.shape), val.dtype, val.stride()) if isinstance(val, torch.Tensor) else val
             lines.append(f"input {meta}")
+        elif node.op in ("get_attr", "call_module"):  # only submodules stay attributes: by identity
+            lines.append(f"{node.op} {id(piece.get_submodule(node.target))} {args} {kwargs}")
         else:
             lines.append(f"{node.op} {node.target} {args} {kwargs}")
     return "\n".join(lines)
