@@ -205,6 +205,25 @@ def test_tuning_flush_reaches_inductors_benchmarker():
             benchmarker.__dict__["L2_cache_size"] = saved
 
 
+def rewritten_graph(model, cache, max_len, inplace):
+    """The model's exported graph with fused linears and ``cache``'s pass, as the pipeline
+    builds it before compiling (batch 1)."""
+    import dynamic_cache
+    import export_llm
+    import fuse_linears
+    import static_cache_v1
+    import static_cache_v2
+
+    make_inputs = run_llm.text_inputs(1, model.config.vocab_size, CPU)
+    gm = export_llm.add_next_token(export_llm.export_graph(LastLogits(model), make_inputs(2), (1, 1), max_len))
+    fuse_linears.apply(gm)
+    passes = {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=inplace),
+              "static_v1": lambda: static_cache_v1.apply(gm, 1, max_len),
+              "dynamic": lambda: dynamic_cache.apply(gm, 1), "": lambda: gm}
+    passes[cache]()
+    return gm
+
+
 def four_layers(family):
     """Config changes giving a tiny model of ``family`` at least four layers (Gemma's has six)."""
     return {"gpt2": {"n_layer": 4}, "gemma3": {}}.get(family, {"num_hidden_layers": 4})
@@ -216,21 +235,13 @@ def test_layer_split_computes_the_graph(family, cache):
     """The graph split into layer pieces (what Inductor compiles, once per distinct piece)
     computes exactly what the whole graph computes, cache writes included, at prefill and
     decode; the middle layers are one distinct piece."""
-    import dynamic_cache
-    import export_llm
-    import fuse_linears
     import layer_split
-    import static_cache_v2
     from generate import Generator
 
     ours, _ = tiny_pair(family, **four_layers(family))
     layers = ours.config.num_hidden_layers
     max_len = PROMPT + DECODE
-    gm = export_llm.add_next_token(export_llm.export_graph(
-        LastLogits(ours), run_llm.text_inputs(1, ours.config.vocab_size, CPU)(2), (1, 1), max_len))
-    fuse_linears.apply(gm)
-    {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=True),
-     "dynamic": lambda: dynamic_cache.apply(gm, 1), "": lambda: gm}[cache]()
+    gm = rewritten_graph(ours, cache, max_len, inplace=True)
     split = layer_split.split_by_layer(gm)
     pieces = layer_split.pieces(split)
     # the embedding and layer 0's first half, one piece per later layer, the final norm and head
@@ -279,23 +290,12 @@ def test_graph_reexports_for_tensorrt(cache):
     """The step before torch_tensorrt.dynamo.compile (which cannot run here): the rewritten
     graph, in the functional form TensorRT gets, re-exports with dynamic sequence (and cache)
     lengths, and the exported program computes what the graph computes at other lengths."""
-    import dynamic_cache
-    import export_llm
-    import fuse_linears
-    import static_cache_v1
-    import static_cache_v2
     import tensorrt_backend
     from generate import Generator
 
     ours, _ = tiny_pair("gemma3")
-    make_inputs = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
     max_len = PROMPT + DECODE
-    gm = export_llm.add_next_token(export_llm.export_graph(LastLogits(ours), make_inputs(2), (1, 1), max_len))
-    fuse_linears.apply(gm)
-    passes = {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=False),
-              "static_v1": lambda: static_cache_v1.apply(gm, 1, max_len),
-              "dynamic": lambda: dynamic_cache.apply(gm, 1), "": lambda: gm}
-    passes[cache]()
+    gm = rewritten_graph(ours, cache, max_len, inplace=False)
     calls = []
     gen = Generator(lambda *args: calls.append(args) or gm(*args), gm.meta.get("cache_shapes", []), cache, 1,
                     max_len, torch.float32, CPU, inplace=False)
