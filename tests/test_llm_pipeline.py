@@ -266,8 +266,10 @@ def test_layer_split_computes_the_graph(family, cache):
             token = gen.step(token[:, None])[1]
 
 
-@pytest.mark.parametrize("by_layer", [False, True], ids=["whole", "by_layer"])
-def test_inductor_backend_matches_transformers(by_layer, monkeypatch):
+@pytest.mark.parametrize("cache,by_layer", [("static_v2", False), ("static_v2", True), ("static_v1", False),
+                                            ("dynamic", False), ("", False)],
+                         ids=["static_v2-whole", "static_v2-by_layer", "static_v1", "dynamic", "none"])
+def test_inductor_backend_matches_transformers(cache, by_layer, monkeypatch):
     import backends
 
     compile_graph = backends.compile_graph
@@ -275,7 +277,7 @@ def test_inductor_backend_matches_transformers(by_layer, monkeypatch):
     monkeypatch.setattr(backends, "compile_graph", lambda *a, **k: compile_graph(*a, **{**k, "by_layer": by_layer}))
     ours, ref = tiny_pair("llama", num_hidden_layers=4)
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
-    gen = build(ours, sequence[:, :PROMPT], "static_v2", backend="inductor")
+    gen = build(ours, sequence[:, :PROMPT], cache, backend="inductor")
     # A generation right after the build compiles nothing more (a recompile would land in the
     # first timed step of a benchmark).
     with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
