@@ -167,7 +167,8 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
         row_sum = torch.empty_like(row_max)
     launch(
         _attend_split, (batch * kv_heads, splits), pdl,
-        q, k_cache, v_cache, position, out, acc, row_max, row_sum, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q, k_cache, v_cache, position, out, acc, row_max, row_sum,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(2),
         per_split,
         QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
