@@ -12,7 +12,6 @@ from utils import UserError, log
 aten = torch.ops.aten
 
 BACKENDS = ("auto", "tensorrt", "inductor", "eager")
-TUNE_MODES = ("decode", "all", "none")
 
 
 def tensorrt_import_error():
@@ -46,50 +45,41 @@ def choose_backend(requested, device):
     return requested
 
 
-def compile_graph(gm, backend, dtype, max_len, min_block_size=1, debug=False, tune=True, by_layer=False):
-    """A callable with the graph's calling convention, compiled for ``backend`` (compilers
-    compile on the first call). ``tune``: Inductor tunes its kernels' launch parameters.
-    ``by_layer``: Inductor compiles each distinct layer piece once (``layer_split``), for
-    graphs replayed as CUDA graphs, where calling the pieces one by one costs no host time."""
-    if backend == "eager":
+def compile_graph(gm, config, max_len, tune):
+    """A callable with the graph's calling convention, compiled for ``config.backend``
+    (compilers compile on the first call). ``tune``: Inductor tunes its kernels' launch
+    parameters. A graph split by layer (``layer_split``) is compiled one distinct piece at a time."""
+    if config.backend == "eager":
         return gm
-    if backend == "inductor":
-        register_sdpa.register_inductor_decompositions()
-        if debug:
-            torch._logging.set_logs(recompiles=True, graph_breaks=True, perf_hints=True)
-        on_gpu = any(p.is_cuda for p in gm.parameters())
-        if tune and on_gpu:
-            split_bias(gm)
-            flush_past_the_launch()
-        # Coordinate-descent tuning of each generated kernel's launch parameters: decode is a
-        # chain of small, latency-bound kernels, where this pays (at some compile time). Combo
-        # kernels launch independent small kernels (rope of q and of k, the cache writes) as one.
-        # Together with split_bias, Qwen2.5-0.5B's decode step went from 1.068 to 0.901 ms on an
-        # H100 (BENCHMARKS.md, run 4). Programmatic dependent launch (Hopper and later; Inductor
-        # skips it on older GPUs) lets each generated kernel start while the one before it
-        # drains, waiting only where it reads that kernel's output: Llama-3.2-1B's decode step
-        # went from 1.25 to 1.13 ms (run 5).
-        options = {"coordinate_descent_tuning": tune, "combo_kernels": on_gpu, "triton.enable_pdl": on_gpu}
-        # Static shapes per distinct length (one decode shape, one prefill shape per prompt
-        # length); a third length switches that dimension to dynamic on its own.
-        def compile_piece(piece):
-            return torch.compile(piece, fullgraph=True, options=options)
-
-        if not by_layer:
-            return compile_piece(gm)
-        # Dynamo, AOT and Inductor's lowering take time in proportion to the graph they are
-        # given, and the middle layers are one graph: Llama-3.2-1B compiled in 52.0 s, not
-        # 74.1, on one H100 (BENCHMARKS.md, run 10).
-        # Each piece call costs host time (Dynamo's guards, Inductor's wrapper), which only a
-        # CUDA graph replay hides.
-        split, (count, distinct) = layer_split.compile_by_layer(gm, compile_piece)
-        log(f"compiling the graph as {count} layer pieces, {distinct} distinct")
-        return split
-    if backend == "tensorrt":
+    if config.backend == "tensorrt":
         import tensorrt_backend
 
-        return tensorrt_backend.compile(gm, dtype, max_len, min_block_size, debug)
-    raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        return tensorrt_backend.compile(gm, config.dtype, max_len, config.min_block_size, config.debug)
+    register_sdpa.register_inductor_decompositions()
+    if config.debug:
+        torch._logging.set_logs(recompiles=True, graph_breaks=True, perf_hints=True)
+    on_gpu = config.on_cuda
+    if tune and on_gpu and config.tuning_flush:
+        flush_past_the_launch()
+    # Coordinate-descent tuning of each generated kernel's launch parameters: decode is a chain
+    # of small, latency-bound kernels, where this pays (at some compile time). Combo kernels
+    # launch independent small kernels (rope of q and of k, the cache writes) as one.
+    # Programmatic dependent launch (Hopper and later; Inductor skips it on older GPUs) lets
+    # each generated kernel start while the one before it drains, waiting only where it reads
+    # that kernel's output. What each gained: benchmarks/HISTORY.md.
+    options = {"coordinate_descent_tuning": tune, "combo_kernels": on_gpu and config.combo_kernels,
+               "triton.enable_pdl": on_gpu and config.pdl}
+
+    # Static shapes per distinct length (one decode shape, one prefill shape per prompt
+    # length); a third length switches that dimension to dynamic on its own.
+    def compile_piece(piece):
+        return torch.compile(piece, fullgraph=True, options=options)
+
+    if not layer_split.is_split(gm):
+        return compile_piece(gm)
+    count, distinct = layer_split.compile_pieces(gm, compile_piece)
+    log(f"compiling the graph as {count} layer pieces, {distinct} distinct")
+    return gm
 
 
 # Bytes Inductor writes to flush the GPU's caches before it times a tuning candidate: Triton's

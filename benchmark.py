@@ -4,6 +4,7 @@ them as a table, JSON and CSV rows."""
 
 import csv
 import io
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -101,9 +102,9 @@ def decode_bytes(model, batch_size, context_len, dtype):
     return weights + kv
 
 
-def _step_bytes(model, input_ids, args, dtype):
+def _step_bytes(model, input_ids, config, dtype):
     """decode_bytes at the average context of a benchmark run (prompt + half the new tokens)."""
-    return decode_bytes(model, args.batch_size, input_ids.shape[1] + args.num_tokens / 2, dtype)
+    return decode_bytes(model, config.batch_size, input_ids.shape[1] + config.num_tokens / 2, dtype)
 
 
 def summarize(ttfts, step_ms, e2es, batch_size, bytes_per_step, device):
@@ -129,31 +130,34 @@ def summarize(ttfts, step_ms, e2es, batch_size, bytes_per_step, device):
         stats["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     else:
         stats["card"] = "CPU"
+        # the process's peak resident memory (Linux reports KiB), model and baselines included
+        stats["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     return stats
 
 
-def timed_runs(label, args, device, run_once):
+def timed_runs(label, config, run_once):
     """Warm-up, then timed iterations of ``run_once(clock)`` with a progress bar. Each run marks
     the clock at its start and after each token; returns TTFT, decode-step and e2e lists."""
     ttfts, steps, e2es = [], [], []
-    bar = tqdm(range(args.warmup + args.iterations), desc=label, unit="it", leave=False, dynamic_ncols=True)
+    bar = tqdm(range(config.warmup + config.iterations), desc=label, unit="it", leave=False, dynamic_ncols=True)
     for i in bar:
-        clock = Clock(device)
+        clock = Clock(config.torch_device)
         run_once(clock)
         marks = clock.elapsed_ms()
-        if i >= args.warmup:
+        if i >= config.warmup:
             ttfts.append(marks[0])
             steps += [b - a for a, b in zip(marks, marks[1:])]
             e2es.append(marks[-1])
     return ttfts, steps, e2es
 
 
-def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_positions=None):
+def run(gen, input_ids, config, model, vision=None, embed=None, decode_positions=None):
     """Benchmark the compiled pipeline: fixed-length greedy generation, EOS ignored.
 
     A VLM passes ``vision()``: it runs first in each iteration (image encoder, features merged
     into the prompt) and returns the prompt's ``(inputs_embeds, position_ids)``. TTFT includes
     it; ``vision_ms`` and ``prefill_ms`` split it. ``embed`` and ``decode_positions`` go to greedy."""
+    device = config.torch_device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     vision_clocks = []
@@ -168,15 +172,15 @@ def run(gen, input_ids, args, model, device, vision=None, embed=None, decode_pos
             x, positions = vision()
             split.mark()
             vision_clocks.append(split)
-        _, token = prefill(gen, x, positions, chunk=args.prefill_chunk)
-        greedy(gen, token, args.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
+        _, token = prefill(gen, x, positions, chunk=config.prefill_chunk)
+        greedy(gen, token, config.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
 
-    ttfts, steps, e2es = timed_runs("pipeline", args, device, once)
-    if args.profile:
-        profile(once, args.profile, device)
-    stats = summarize(ttfts, steps, e2es, args.batch_size, _step_bytes(model, input_ids, args, gen.dtype), device)
+    ttfts, steps, e2es = timed_runs("pipeline", config, once)
+    if config.profile:
+        profile(once, config.profile, device)
+    stats = summarize(ttfts, steps, e2es, config.batch_size, _step_bytes(model, input_ids, config, gen.dtype), device)
     if vision is not None:
-        vision_ms = [c.elapsed_ms()[0] for c in vision_clocks[args.warmup:args.warmup + args.iterations]]
+        vision_ms = [c.elapsed_ms()[0] for c in vision_clocks[config.warmup:config.warmup + config.iterations]]
         stats["vision_ms"] = statistics.median(vision_ms)
         stats["prefill_ms"] = statistics.median(t - v for t, v in zip(ttfts, vision_ms))
     log_summary("pipeline", stats)
@@ -221,21 +225,20 @@ class _TokenClock:
         pass
 
 
-def run_baselines(model, input_ids, args, device, extra_inputs=None, text_model=None):
+def run_baselines(model, input_ids, config, extra_inputs=None, text_model=None):
     """Hugging Face generate on the same model and prompt: its own dynamic KV cache in eager
     mode, and/or its static cache with torch.compile (the usual alternatives).
 
     For a VLM, ``extra_inputs()`` returns more generate() inputs (pixels, or the prompt's
     embeddings) and is called inside the timed region; ``text_model`` is the part whose weights
     a decode step reads (for the bandwidth figures). The no-cache loop is text-only."""
-    names = ["hf_generate", "hf_compile", "no_cache"] if "all" in args.baseline else list(dict.fromkeys(args.baseline))
-    if extra_inputs is not None:
-        names = [name for name in names if name != "no_cache"]
+    device = config.torch_device
+    names = config.baselines
     # Per sub-model (a VLM's vision tower may use another implementation than its text model).
     previous = {name: getattr(model.config, name)._attn_implementation for name in model.config.sub_configs}
     previous[""] = model.config._attn_implementation
     model.set_attn_implementation("sdpa")  # stock transformers, not our op
-    bytes_per_step = _step_bytes(text_model or model, input_ids, args, model.dtype)
+    bytes_per_step = _step_bytes(text_model or model, input_ids, config, model.dtype)
     results = {}
     try:
         for name in names:
@@ -243,17 +246,16 @@ def run_baselines(model, input_ids, args, device, extra_inputs=None, text_model=
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             run_once = _no_cache_loop if name == "no_cache" else _hf_generate
-            ttfts, steps, e2es = timed_runs(name, args, device, lambda clock: run_once(model, input_ids, args, clock,
-                                                                                       name == "hf_compile",
-                                                                                       extra_inputs))
-            results[name] = summarize(ttfts, steps, e2es, args.batch_size, bytes_per_step, device)
+            ttfts, steps, e2es = timed_runs(name, config, lambda clock: run_once(model, input_ids, config.num_tokens, clock,
+                                                                                 name == "hf_compile", extra_inputs))
+            results[name] = summarize(ttfts, steps, e2es, config.batch_size, bytes_per_step, device)
             log_summary(name, results[name])
     finally:
         model.set_attn_implementation(previous)
     return results
 
 
-def _hf_generate(model, input_ids, args, clock, static_compiled, extra_inputs=None):
+def _hf_generate(model, input_ids, num_tokens, clock, static_compiled, extra_inputs=None):
     kwargs = dict(cache_implementation="static") if static_compiled else {}
     clock.mark()
     if extra_inputs is not None:
@@ -261,8 +263,8 @@ def _hf_generate(model, input_ids, args, clock, static_compiled, extra_inputs=No
     model.generate(
         input_ids,
         attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=args.num_tokens,
-        min_new_tokens=args.num_tokens,  # fixed length, as our pipeline in benchmark mode
+        max_new_tokens=num_tokens,
+        min_new_tokens=num_tokens,  # fixed length, as our pipeline in benchmark mode
         do_sample=False,
         streamer=_TokenClock(clock),
         pad_token_id=0,
@@ -270,20 +272,21 @@ def _hf_generate(model, input_ids, args, clock, static_compiled, extra_inputs=No
     )
 
 
-def _no_cache_loop(model, input_ids, args, clock, _, extra_inputs=None):
+def _no_cache_loop(model, input_ids, num_tokens, clock, _, extra_inputs=None):
     """The original tool's baseline: recompute the whole sequence for every token."""
     clock.mark()
     ids = input_ids
-    for _ in range(args.num_tokens):
+    for _ in range(num_tokens):
         token = model(ids, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, token], 1)
         clock.mark()
 
 
-def rows(result, args):
+def rows(result):
     """One CSV/table row per runner: the pipeline, then each baseline."""
-    common = {k: result[k] for k in ("model", "backend", "cache", "cudagraph", "precision", "device", "batch_size")}
-    common.update(isl=args.isl, num_tokens=args.num_tokens, torch=result["versions"]["torch"],
+    common = {k: result[k] for k in ("model", "backend", "cache", "cudagraph", "precision", "device", "batch_size",
+                                     "isl", "num_tokens")}
+    common.update(torch=result["versions"]["torch"],
                   transformers=result["versions"]["transformers"])
     out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"])]
     for name, stats in result.get("baselines", {}).items():
@@ -297,12 +300,12 @@ def _fmt(value, digits=2):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def report(result, args):
+def report(result, config):
     """Print a table (stdout) and append rows to --results_csv (the file is rewritten whole)."""
-    table = rows(result, args)
+    table = rows(result)
     ours = table[0]
-    print(f"\n{result['model']}  {ours['precision']}  batch {args.batch_size}  ISL {args.isl}  "
-          f"{args.num_tokens} new tokens  on {result['benchmark']['card']}")
+    print(f"\n{result['model']}  {ours['precision']}  batch {ours['batch_size']}  ISL {ours['isl']}  "
+          f"{ours['num_tokens']} new tokens  on {result['benchmark']['card']}")
     header = f"{'runner':<12} {'backend':<9} {'TTFT ms':>9} {'TPOT p50':>9} {'p90':>7} {'p99':>7} " \
              f"{'tok/s':>8} {'e2e ms':>9} {'GB/s':>7} {'%floor':>6} {'speedup':>8}"
     print(header)
@@ -320,8 +323,8 @@ def report(result, args):
           + (f", peak memory {ours['peak_memory_gb']:.2f} GB" if ours.get("peak_memory_gb") else ""))
     if len(table) > 1:
         print("speedup = baseline TPOT / pipeline TPOT")
-    if args.results_csv:
-        append_csv(args.results_csv, table)
+    if config.results_csv:
+        append_csv(config.results_csv, table)
 
 
 def append_csv(path, new_rows):

@@ -10,15 +10,16 @@ SMs busy. Here the keys are cut into splits that run in parallel; each split kee
 softmax for the G query heads that share its K/V head (read once, not repeated per query
 head), and a second small kernel merges the splits. Short caches use one split and no merge.
 
-CUDA only; importing this module needs triton. ``register_sdpa`` decides when to use it.
+CUDA only; importing this module needs triton. ``use_split_k_decode`` is the graph rewrite that
+uses it (``passes`` decides when).
 """
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from triton_launch import has_pdl, launch, num_sms
 
 # Each split walks at least this many keys (two 64-key tiles). Measured on an H100 over the
 # supported models' head shapes (benchmarks/decode_attention_bench.py, BENCHMARKS.md), 128 beat
@@ -41,7 +42,7 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
     units (QK_SCALE includes log2(e)). The scale is a compile-time constant: passed as an
     argument, it reached the kernel as float64 when Inductor launched it, which made the
     softmax state float64 and failed to compile."""
-    if PDL:  # launched before the kernel that wrote q and the new cache row has finished
+    if PDL:  # launched before the kernel that wrote q and the new cache row has finished (triton_launch)
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     bh = tl.program_id(0)
@@ -114,29 +115,6 @@ def _merge_splits(Acc, Max, Sum, Out, o_sb, o_sh, num_splits,
     tl.store(Out + b * o_sb + hq * o_sh + d, out.to(Out.dtype.element_ty), mask=d < D)
 
 
-@functools.cache
-def num_sms(device_index):
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@functools.cache
-def has_pdl(device_index):
-    """Programmatic dependent launch: Hopper and later."""
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
-def launch(kernel, grid, pdl, *args, **kwargs):
-    """Launch a kernel that has a ``PDL`` flag. With ``pdl``, directly, with programmatic
-    dependent launch, as Inductor launches its own kernels: it is scheduled while the kernel
-    before it drains, waits (``gdc_wait``) before reading anything, then lets the next kernel be
-    scheduled. Without, through ``wrap_triton``, so that Inductor can launch it from its
-    generated code (Inductor launches a triton_op's kernels without PDL, and rejects the option)."""
-    if pdl:
-        kernel[grid](*args, PDL=True, launch_pdl=True, **kwargs)
-    else:
-        wrap_triton(kernel)[grid](*args, PDL=False, **kwargs)
-
-
 def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KEYS_PER_SPLIT):
     """(keys per tile, keys per split, splits): enough splits to fill the GPU once, none
     shorter than ``min_keys_per_split``."""
@@ -202,3 +180,31 @@ def decode_attention_pdl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 def _decode_attention_pdl_fake(q, k_cache, v_cache, position, scale, window):
     batch, q_heads, _, head_dim = q.shape
     return q.new_empty((batch, 1, q_heads, head_dim))
+
+
+def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window, pdl=False):
+    """``cached_attention``, with one-token steps on the split-K Triton kernel, which takes the
+    token's position and window instead of the mask (so no step builds a mask it does not
+    read). A plain function in the graph: Dynamo inlines it, so each compiled step length gets
+    its own choice."""
+    if q.shape[2] == 1 and q.stride(-1) == 1 and q.shape[-1] == v_cache.shape[-1]:
+        op = torch.ops.tllm.decode_attention_pdl if pdl else torch.ops.tllm.decode_attention
+        return op(q, k_cache, v_cache, position, scale, window)
+    return torch.ops.tllm.cached_attention(q, k_cache, v_cache, mask, scale)
+
+
+def use_split_k_decode(gm, pdl=False):
+    """Point the ``cached_attention`` nodes of a static_v2 graph that will run on CUDA (with
+    triton installed) at ``split_k_cached_attention``; ``pdl`` for a graph whose steps are
+    replayed as CUDA graphs (``triton_launch.launch``). A rewrite of the graph rather than a
+    switch inside the op, so that compilers' caches, keyed by the graph, keep the two kernels
+    apart. Returns how many nodes it changed."""
+    nodes = [n for n in gm.graph.nodes if n.target == torch.ops.tllm.cached_attention.default]
+    if not nodes:
+        return 0
+    position = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.target == "cache_position")
+    for node in nodes:
+        node.target = split_k_cached_attention
+        node.args = (*node.args, position, node.meta["window"], pdl)
+    gm.recompile()
+    return len(nodes)

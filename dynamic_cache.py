@@ -6,13 +6,16 @@ returns it as the next step's past. Simple and exact, but every step copies the 
 """
 
 import torch
+from torch.export import Dim
 
-from export_llm import add_cache_inputs, add_outputs, attention_nodes, finish
+from export_llm import add_cache_inputs, add_outputs, attention_nodes, finish, zero_caches
 
 aten = torch.ops.aten
+FIXED_SHAPES = False
+FIRST_GRAPH = False
 
 
-def apply(gm, batch_size):
+def apply(gm, batch_size, max_len, inplace=True, fresh=False):
     nodes = attention_nodes(gm)
     caches = add_cache_inputs(gm, nodes, batch_size, 0)
     grown = []
@@ -25,3 +28,17 @@ def apply(gm, batch_size):
     add_outputs(gm, grown)
     gm.meta["cache"] = "dynamic"
     return finish(gm)
+
+
+def new_state(shapes, batch_size, max_len, dtype, device, kept=None):
+    return zero_caches(shapes, batch_size, 0, dtype, device)
+
+
+def call(graph, x, position_ids, state, start, cache_position):
+    logits, token, *grown = graph(x, position_ids, *state)
+    return logits, token, grown
+
+
+def tensorrt_shapes(num_inputs, seq, max_len):
+    past = Dim("past", min=0, max=max_len)
+    return [{2: past}] * num_inputs

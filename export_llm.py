@@ -22,14 +22,15 @@ aten = torch.ops.aten
 
 
 class LastLogits(nn.Module):
-    """Causal LM -> logits of the last position only (prefill never pays for full-vocab logits)."""
+    """Causal LM -> logits of the last position only (prefill never pays for full-vocab logits).
+    ``inputs``: what the first argument is, ``input_ids`` or ``inputs_embeds``."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, inputs="input_ids"):
         super().__init__()
-        self.lm = lm
+        self.lm, self.inputs = lm, inputs
 
-    def forward(self, input_ids, position_ids):
-        return self.lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=1).logits
+    def forward(self, x, position_ids):
+        return self.lm(**{self.inputs: x}, position_ids=position_ids, use_cache=False, logits_to_keep=1).logits
 
 
 def export_graph(module, example_inputs, seq_dims, max_seq_len):
@@ -120,6 +121,11 @@ def add_cache_inputs(gm, nodes, batch_size, length):
         caches.append(tuple(pair))
     gm.meta["cache_shapes"] = shapes  # (kv_heads, head_dim) of k0, v0, k1, v1, ...
     return caches
+
+
+def zero_caches(shapes, batch_size, length, dtype, device):
+    """Zeroed K/V buffers ``[B, heads, length, dim]`` for ``gm.meta["cache_shapes"]``."""
+    return [torch.zeros((batch_size, heads, length, dim), dtype=dtype, device=device) for heads, dim in shapes]
 
 
 def finish(gm):

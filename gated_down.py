@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-import decode_attention
 from export_llm import finish
+from triton_launch import has_pdl, launch, num_sms
 
 aten = torch.ops.aten
 MAX_SPLITS = 8  # Inductor unrolls a sum over at most 8 elements into the kernel that reads it
@@ -41,7 +41,7 @@ def _gated_down(GateUp, W, Partial, rows, inner, gu_stride, PER_SPLIT: tl.conste
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """Program (row block, split, batch row): FP32 sums over the split of W[n, k] * h[k], with
     h = act(gate[k]) * up[k] computed once per tile."""
-    if PDL:  # see decode_attention.launch
+    if PDL:  # see triton_launch.launch
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     block, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -72,13 +72,13 @@ def plan(rows, inner, num_sms):
 def partial_sums(gate_up, weight, gelu, num_sms, tile=None, pdl=False):
     """``gate_up`` [B, 2I] (rows contiguous), ``weight`` [N, I] -> FP32 partial sums [splits, B, N].
     ``tile``: (BLOCK_N, BLOCK_K) instead of autotuning (Triton's CPU interpreter cannot time).
-    ``pdl``: see ``decode_attention.launch``."""
+    ``pdl``: see ``triton_launch.launch``."""
     batch, inner, rows = gate_up.shape[0], weight.shape[1], weight.shape[0]
     per_split, splits = plan(rows, inner, num_sms)
     out = torch.empty((splits, batch, rows), dtype=torch.float32, device=gate_up.device)
     kernel, extra = (_gated_down, {}) if tile is None else (_gated_down.fn, dict(zip(("BLOCK_N", "BLOCK_K"), tile)))
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), splits, batch)  # noqa: E731
-    decode_attention.launch(kernel, grid, pdl, gate_up, weight, out, rows, inner, gate_up.stride(0),
+    launch(kernel, grid, pdl, gate_up, weight, out, rows, inner, gate_up.stride(0),
                             PER_SPLIT=per_split, GELU=gelu, **extra)
     return out
 
@@ -87,18 +87,18 @@ def partial_sums(gate_up, weight, gelu, num_sms, tile=None, pdl=False):
 # the opaque one launches it itself with programmatic dependent launch (for CUDA graphs).
 @triton_op("tllm::gated_down", mutates_args=())
 def gated_down(gate_up: torch.Tensor, weight: torch.Tensor, gelu: bool) -> torch.Tensor:
-    return partial_sums(gate_up, weight, gelu, decode_attention.num_sms(gate_up.device.index or 0))
+    return partial_sums(gate_up, weight, gelu, num_sms(gate_up.device.index or 0))
 
 
 @torch.library.custom_op("tllm::gated_down_pdl", mutates_args=())
 def gated_down_pdl(gate_up: torch.Tensor, weight: torch.Tensor, gelu: bool) -> torch.Tensor:
     index = gate_up.device.index or 0
-    return partial_sums(gate_up, weight, gelu, decode_attention.num_sms(index), pdl=decode_attention.has_pdl(index))
+    return partial_sums(gate_up, weight, gelu, num_sms(index), pdl=has_pdl(index))
 
 
 @gated_down_pdl.register_fake
 def _gated_down_pdl_fake(gate_up, weight, gelu):
-    splits = plan(weight.shape[0], weight.shape[1], decode_attention.num_sms(gate_up.device.index or 0))[1]
+    splits = plan(weight.shape[0], weight.shape[1], num_sms(gate_up.device.index or 0))[1]
     return gate_up.new_empty((splits, gate_up.shape[0], weight.shape[0]), dtype=torch.float32)
 
 

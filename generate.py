@@ -3,7 +3,7 @@
 
 import torch
 
-CACHE_MODES = ("static_v2", "static_v1", "dynamic", "")
+import cache_modes
 
 
 class Generator:
@@ -12,39 +12,33 @@ class Generator:
     ``step(x, position_ids)`` feeds the next S positions (``x`` is token ids ``[B, S]`` or
     embeddings ``[B, S, H]``; positions ``[B, S]`` or ``[3, B, S]``, defaulting to the next
     text positions) and returns float32 logits of the last position ``[B, V]`` and the greedy
-    next token ``[B]`` (their argmax, computed in the graph).
+    next token ``[B]`` (their argmax, computed in the graph). ``cache`` names the mode
+    (``cache_modes.MODES``) that owns the cache's buffers and the graph's calling convention.
     """
 
-    def __init__(self, graph, cache_shapes, cache, batch_size, max_len, dtype, device, inplace=True, cudagraph=False,
-                 first_graph=None):
-        if cudagraph and (cache != "static_v2" or not inplace or device.type != "cuda"):
-            raise ValueError("CUDA graphs need --cache static_v2 on a CUDA device with an in-place backend")
-        # static_v2 can have a second graph for a prompt fed into an empty cache (causal flash
-        # attention over the new rows instead of a masked pass over the whole buffer).
+    def __init__(self, graph, cache_shapes, cache, batch_size, max_len, dtype, device, cudagraph=False,
+                 first_graph=None, fed_back=True):
+        self.mode = cache_modes.MODES[cache]
+        if cudagraph and (not self.mode.FIXED_SHAPES or device.type != "cuda"):
+            raise ValueError("CUDA graphs need --cache static_v2 on a CUDA device")
+        # A mode with FIRST_GRAPH can have a second graph for a prompt fed into an empty cache
+        # (static_v2: causal flash attention over the new rows instead of a masked pass over the
+        # whole buffer).
         self.graph, self.first_graph, self.cache = graph, first_graph, cache
         self.batch_size, self.max_len, self.dtype, self.device = batch_size, max_len, dtype, device
         self.cache_shapes = cache_shapes
-        self.cudagraph = cudagraph
+        self.cudagraph, self.feed_back = cudagraph, fed_back
         self.graphs = {}  # (sequence length, into an empty cache) -> captured step
         self.fed_back = None  # the captured step whose inputs are already the next greedy step's
-        self.caches = []
-        if cache in ("static_v1", "static_v2"):
-            self.caches = [
-                torch.zeros((batch_size, heads, max_len, dim), dtype=dtype, device=device)
-                for heads, dim in cache_shapes
-            ]
+        self.caches = None
         self.reset()
 
     def reset(self):
-        """Forget the sequence. Static buffers are kept: rows past the length are never read."""
+        """Forget the sequence (a static buffer is kept: rows past the length are never read)."""
         self.length = 0
         self.last_token, self.fed_back = None, None
-        self.seen_inputs, self.seen_positions = None, None
-        if self.cache == "dynamic":
-            self.caches = [
-                torch.zeros((self.batch_size, heads, 0, dim), dtype=self.dtype, device=self.device)
-                for heads, dim in self.cache_shapes
-            ]
+        self.caches = self.mode.new_state(self.cache_shapes, self.batch_size, self.max_len, self.dtype, self.device,
+                                          self.caches)
 
     def text_positions(self, length):
         pos = torch.arange(self.length, self.length + length, device=self.device)
@@ -61,7 +55,7 @@ class Generator:
         if self.cudagraph:
             graph = self.graphs.get((s, fresh)) or self._capture(x, position_ids, fresh)
             out = graph.replay(x, position_ids, self.length)
-            self.fed_back = graph if graph.feeds_back else None
+            self.fed_back = graph if graph.feeds_back and self.feed_back else None
         else:
             cache_position = torch.arange(self.length, self.length + s, device=self.device)
             out = self._run(x, position_ids, cache_position, fresh)
@@ -81,23 +75,9 @@ class Generator:
         return self.last_token
 
     def _run(self, x, position_ids, cache_position, fresh=False):
-        if self.cache == "":
-            # No cache: recompute the whole sequence each step.
-            self.seen_inputs = x if self.seen_inputs is None else torch.cat([self.seen_inputs, x], 1)
-            self.seen_positions = (
-                position_ids if self.seen_positions is None else torch.cat([self.seen_positions, position_ids], -1)
-            )
-            return self.graph(self.seen_inputs, self.seen_positions)[:2]
-        if self.cache == "static_v2":
-            graph = self.first_graph if fresh else self.graph
-            out = graph(x, position_ids, cache_position, *self.caches)
-        elif self.cache == "static_v1":
-            out = self.graph(x, position_ids, *self.caches, self.length)
-        else:
-            out = self.graph(x, position_ids, *self.caches)
-        if len(out) > 2:
-            self.caches = list(out[2:])
-        return out[:2]
+        graph = self.first_graph if fresh else self.graph
+        logits, token, self.caches = self.mode.call(graph, x, position_ids, self.caches, self.length, cache_position)
+        return logits, token
 
     def _capture(self, x, position_ids, fresh):
         """Capture a step of this many positions as a CUDA graph (once per length: the decode

@@ -63,7 +63,13 @@ def piece_of_nodes(gm):
 def split_by_layer(gm):
     """The graph as a GraphModule that calls one submodule (``submod_N``) per piece, in order."""
     piece = piece_of_nodes(gm)
-    return split_module(gm, gm, piece.__getitem__, keep_original_order=True)
+    split = split_module(gm, gm, piece.__getitem__, keep_original_order=True)
+    split.meta.update(gm.meta, layer_split=True)
+    return split
+
+
+def is_split(gm):
+    return bool(getattr(gm, "meta", {}).get("layer_split"))
 
 
 def pieces(split):
@@ -89,10 +95,9 @@ def signature(piece):
     return "\n".join(lines)
 
 
-def compile_by_layer(gm, compile_piece):
-    """``gm`` split by layer, each distinct piece compiled once by ``compile_piece(module)``
-    and shared by the pieces equal to it. Returns the split module and (pieces, distinct)."""
-    split = split_by_layer(gm)
+def compile_pieces(split, compile_piece):
+    """Compile each distinct piece of ``split`` once with ``compile_piece(module)`` and share
+    it among the pieces equal to it (in place). Returns (pieces, distinct)."""
     compiled = {}
     all_pieces = pieces(split)
     for name, module in all_pieces:
@@ -100,4 +105,4 @@ def compile_by_layer(gm, compile_piece):
         if key not in compiled:
             compiled[key] = compile_piece(module)
         setattr(split, name, compiled[key])
-    return split, (len(all_pieces), len(compiled))
+    return len(all_pieces), len(compiled)

@@ -133,6 +133,37 @@ def load_tokenizer(name_or_dir, config):
     return None
 
 
+def override_tokenizer(name_or_dir, config):
+    """--tokenizer: the tokenizer there, or one UserError line."""
+    tokenizer = load_tokenizer(name_or_dir, config)
+    if tokenizer is None:
+        raise UserError(f"--tokenizer {name_or_dir}: no tokenizer found there")
+    return tokenizer
+
+
+def require_tokenizer(tokenizer, model):
+    if tokenizer is None:
+        raise UserError(f"no tokenizer for {model} is available offline; pass --tokenizer FOLDER, "
+                        "or use --benchmark (random prompt ids)")
+    return tokenizer
+
+
+def eos_ids(*sources):
+    """Every EOS id that the configs and tokenizer among ``sources`` name (None entries skipped)."""
+    ids = set()
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+    return sorted(i for i in ids if i is not None)
+
+
+def check_positions(config, needed, what):
+    """One UserError line when ``needed`` positions exceed what the model's config allows."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
+    if needed > limit:
+        raise UserError(f"{what} need {needed} positions but the model has {limit}")
+
+
 def smollm2_dir():
     """The bundled default model as a plain transformers folder, converted once from its GGUF file."""
     target = CACHE_DIR / "SmolLM2-135M-Instruct"

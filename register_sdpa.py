@@ -15,9 +15,9 @@ the op nor the model copies the result. (Two copies per layer there took 0.25 ms
 - ``tllm::cached_attention(q, k_cache, v_cache, mask, scale)``: attends over a whole
   fixed-size cache buffer with a boolean ``[Sq, max_len]`` mask that the static_v2 pass builds
   once per distinct window from the queries' absolute positions. Fixed shapes for every decode
-  step, so it can be captured in a CUDA graph. ``use_split_k_decode`` points these nodes of a
-  CUDA graph at ``split_k_cached_attention``, which runs one-token steps on the split-K Triton
-  kernel of ``decode_attention``.
+  step, so it can be captured in a CUDA graph. ``decode_attention.use_split_k_decode`` points
+  these nodes at its split-K Triton kernel for one-token steps on CUDA.
+Their TensorRT converters are in ``tensorrt_backend``.
 """
 
 import torch
@@ -26,7 +26,6 @@ import transformers
 from transformers.masking_utils import AttentionMaskInterface
 
 ATTN_IMPLEMENTATION = "tllm_attention"
-DECODE_KERNELS = ("triton", "sdpa")
 
 
 def visible_keys(q_pos: torch.Tensor, num_keys: int, window: int) -> torch.Tensor:
@@ -111,36 +110,6 @@ def register_inductor_decompositions():
     decompositions[torch.ops.tllm.cached_attention.default] = _cached_attention
 
 
-def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window, pdl=False):
-    """``cached_attention``, with one-token steps on the split-K Triton kernel, which takes the
-    token's position and window instead of the mask (so no step builds a mask it does not
-    read). A plain function in the graph: Dynamo inlines it, so each compiled step length gets
-    its own choice."""
-    if q.shape[2] == 1 and q.stride(-1) == 1 and q.shape[-1] == v_cache.shape[-1]:
-        op = torch.ops.tllm.decode_attention_pdl if pdl else torch.ops.tllm.decode_attention
-        return op(q, k_cache, v_cache, position, scale, window)
-    return torch.ops.tllm.cached_attention(q, k_cache, v_cache, mask, scale)
-
-
-def use_split_k_decode(gm, pdl=False):
-    """Point the ``cached_attention`` nodes of a static_v2 graph that will run on CUDA (with
-    triton installed) at ``split_k_cached_attention``; ``pdl`` for a graph whose steps are
-    replayed as CUDA graphs (``decode_attention.launch``). A rewrite of the graph rather than a
-    switch inside the op, so that compilers' caches, keyed by the graph, keep the two kernels
-    apart. Returns how many nodes it changed."""
-    nodes = [n for n in gm.graph.nodes if n.target == torch.ops.tllm.cached_attention.default]
-    if not nodes:
-        return 0
-    import decode_attention  # noqa: F401  (registers tllm::decode_attention)
-
-    position = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.target == "cache_position")
-    for node in nodes:
-        node.target = split_k_cached_attention
-        node.args = (*node.args, position, node.meta["window"], pdl)
-    gm.recompile()
-    return len(nodes)
-
-
 def _transformers_attention(module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs):
     """The function transformers calls per layer; returns [B, S, H, D] like its own SDPA path."""
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
@@ -153,50 +122,3 @@ def _no_mask(*args, **kwargs):
 
 transformers.AttentionInterface.register(ATTN_IMPLEMENTATION, _transformers_attention)
 AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _no_mask)
-
-
-def register_tensorrt_converters():
-    """Teach Torch-TensorRT (2.13) both ops: a position mask plus TensorRT's IAttention layer
-    (through torch_tensorrt's own SDPA converter, which handles grouped K/V heads natively).
-
-    Called by the tensorrt backend only; importing this module never needs TensorRT."""
-    from torch_tensorrt.dynamo._SourceIR import SourceIR
-    from torch_tensorrt.dynamo.conversion import dynamo_tensorrt_converter, impl
-    from torch_tensorrt.dynamo.conversion.converter_utils import cast_trt_tensor
-
-
-    def visible(ctx, target, name, q_pos, k, window):
-        ir = SourceIR.ATEN
-        num_keys = impl.shape.shape(ctx, target, ir, f"{name}_num_keys", k, 2)
-        k_pos = impl.arange.arange(ctx, target, ir, f"{name}_k_pos", 0, num_keys, 1)
-        q_pos = cast_trt_tensor(ctx, q_pos, k_pos.dtype, f"{name}_q_pos_cast", target, ir)
-        rows = impl.unsqueeze.unsqueeze(ctx, target, ir, f"{name}_rows", q_pos, 1)
-        cols = impl.unsqueeze.unsqueeze(ctx, target, ir, f"{name}_cols", k_pos, 0)
-        distance = impl.elementwise.sub(ctx, target, ir, f"{name}_distance", rows, cols)
-        mask = impl.elementwise.ge(ctx, target, ir, f"{name}_causal", distance, 0)
-        if window > 0:
-            in_window = impl.elementwise.lt(ctx, target, ir, f"{name}_in_window", distance, window)
-            mask = impl.elementwise.logical_and(ctx, target, ir, f"{name}_window", mask, in_window)
-        return mask
-
-    def attend(ctx, target, name, q, k, v, mask, scale):
-        out = impl.attention.scaled_dot_product_attention(
-            ctx, target, SourceIR.ATEN, name, q, k, v, attn_mask=mask, scale=scale
-        )
-        return impl.permutation.permute(ctx, target, SourceIR.ATEN, f"{name}_sequence_major", out, [0, 2, 1, 3])
-
-    @dynamo_tensorrt_converter(torch.ops.tllm.attention.default, supports_dynamic_shapes=True)
-    def _attention(ctx, target, args, kwargs, name):
-        q, k, v, scale, window = args
-        ir = SourceIR.ATEN
-        # Lower-right alignment: the Sq queries sit at positions Sk - Sq ... Sk - 1.
-        num_keys = impl.shape.shape(ctx, target, ir, f"{name}_sk", k, 2)
-        num_queries = impl.shape.shape(ctx, target, ir, f"{name}_sq", q, 2)
-        first = impl.elementwise.sub(ctx, target, ir, f"{name}_first", num_keys, num_queries)
-        q_pos = impl.arange.arange(ctx, target, ir, f"{name}_q_pos", first, num_keys, 1)
-        return attend(ctx, target, name, q, k, v, visible(ctx, target, name, q_pos, k, window), scale)
-
-    @dynamo_tensorrt_converter(torch.ops.tllm.cached_attention.default, supports_dynamic_shapes=True)
-    def _cached_attention(ctx, target, args, kwargs, name):
-        q, k_cache, v_cache, mask, scale = args
-        return attend(ctx, target, name, q, k_cache, v_cache, mask, scale)

@@ -16,20 +16,20 @@ from PIL import Image
 
 import backends
 import benchmark
+import cli
 import eagle2
 import export_llm
 import models
+import passes
 import qwen_vl
-from pipeline import (ArgumentParser, add_common_args, build_generator, check_args, check_length, cli_main,
-                      generate_text, positive_int, run_record, write_result)
-from run_llm import max_positions, resolve_precision
+from config import VISION_MODES, RunConfig
+from pipeline import build_generator, generate_text, run_record
 from utils import UserError, log, resolve_device
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_PROMPT = "Describe this image."
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.png"  # made by assets/make_sample.py
 FAMILIES = {"qwen2_5_vl": qwen_vl.QwenVL, eagle2.Eagle2Config.model_type: eagle2.Eagle2VL}
-VISION_MODES = ("auto", "eager", "compile")
 TEXT_TOKENS = 151643  # ids below this are plain text in the Qwen2 vocabulary (both models use it)
 
 
@@ -62,10 +62,10 @@ def model_family(config):
     return family
 
 
-def build_vision(vlm, mode, args, backend, device, dtype):
+def build_vision(vlm, mode, config):
     """A callable returning the image features [B, tokens, H], eager or exported and compiled.
     Returns it, the mode that applies, and its compile time (seconds)."""
-    pixels = vlm.vision_inputs(args.batch_size, device)
+    pixels = vlm.vision_inputs(config.batch_size, config.torch_device)
     if mode == "compile":
         module, why_not = vlm.static_encoder()
         if module is None:
@@ -78,22 +78,22 @@ def build_vision(vlm, mode, args, backend, device, dtype):
         start = time.perf_counter()
         count = max(2, pixels.shape[0])  # images or tiles: export wants an example of >= 2
         example = torch.cat([pixels[:1], pixels[:1]]).clone()
-        gm = export_llm.export_graph(module, [example], (0,), count)
-        graph = backends.compile_graph(gm, backend, dtype, count, args.min_block_size, args.debug,
-                                       tune=args.tune == "all")
+        vision = passes.Graph(config, count, kind="vision")
+        gm, _ = passes.run("graph", export_llm.export_graph(module, [example], (0,), count), vision)
+        graph = backends.compile_graph(gm, config, count, tune=passes.tuned(vision))
 
         def encoder(x):
             return graph(x)[0]
 
         encoder(pixels)  # compilers compile on the first call: do it now, not in a timed run
-        if device.type == "cuda":
+        if config.on_cuda:
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
-        log(f"vision encoder: exported for input {tuple(pixels.shape[1:])} and compiled with {backend} "
+        log(f"vision encoder: exported for input {tuple(pixels.shape[1:])} and compiled with {config.backend} "
             f"({compile_s:.1f} s)")
 
     def encode():
-        return vlm.to_features(encoder(pixels), args.batch_size)
+        return vlm.to_features(encoder(pixels), config.batch_size)
 
     return encode, mode, compile_s
 
@@ -111,31 +111,28 @@ def example_inputs(vlm, batch_size, hidden, dtype, device):
     return make
 
 
-def prompt_input_ids(vlm, args, device):
+def prompt_input_ids(vlm, config):
     """[B, S] prompt ids: the image and the prompt (or, with --benchmark, random text ids that
     fill the prompt up to --isl tokens)."""
-    chat = not args.no_chat_template
-    if args.benchmark:
+    chat = config.chat_template
+    if config.benchmark:
         if vlm.tokenizer is None:
             chat = False
         bare = len(vlm.prompt_ids([], chat))
         generator = torch.Generator().manual_seed(0)
-        filler = torch.randint(0, TEXT_TOKENS, (max(0, args.isl - bare),), generator=generator).tolist()
+        filler = torch.randint(0, TEXT_TOKENS, (max(0, config.isl - bare),), generator=generator).tolist()
         ids = vlm.prompt_ids(filler, chat)
-        if len(ids) > args.isl:
+        if len(ids) > config.isl:
             log(f"benchmark prompt: {len(ids)} tokens (the image alone takes {vlm.num_image_tokens}, "
-                f"more than --isl {args.isl})")
-        args.isl = len(ids)  # reported as the ISL
+                f"more than --isl {config.isl})")
     else:
-        if vlm.tokenizer is None:
-            raise UserError(f"no tokenizer for {args.model} is available offline; pass --tokenizer FOLDER, "
-                            "or use --benchmark (random prompt ids)")
-        ids = vlm.prompt_ids(vlm.encode_text(args.prompt or DEFAULT_PROMPT), chat)
-    return torch.tensor([ids] * args.batch_size, device=device)
+        models.require_tokenizer(vlm.tokenizer, config.model_name)
+        ids = vlm.prompt_ids(vlm.encode_text(config.prompt or DEFAULT_PROMPT), chat)
+    return torch.tensor([ids] * config.batch_size, device=config.torch_device)
 
 
 def add_vlm_args(parser):
-    add_common_args(parser)
+    cli.add_common_args(parser)
     parser._option_string_actions["--model"].help = (
         f"Qwen/Qwen2.5-VL-3B-Instruct, nvidia/Eagle2-2B or a local folder of either (default {DEFAULT_MODEL})"
     )
@@ -148,73 +145,76 @@ def add_vlm_args(parser):
              "with --backend; Qwen2.5-VL resizes the image to multiples of 112 px for it). auto: compile for "
              "Eagle2 (fixed 448 px tiles), eager for Qwen2.5-VL",
     )
-    parser.add_argument("--max_tiles", type=positive_int, help="Eagle2: at most this many 448 px tiles "
+    parser.add_argument("--max_tiles", type=cli.positive_int, help="Eagle2: at most this many 448 px tiles "
                         "(default: the config's max_dynamic_patch, 12)")
     return parser
 
 
-@cli_main
-def main(argv=None):
-    parser = add_vlm_args(ArgumentParser(description=__doc__.splitlines()[0]))
-    args = parser.parse_args(argv)
-    check_args(args)
-    if args.enable_pytorch_run and "no_cache" in args.baseline:
-        raise UserError("--baseline no_cache is for text models; choose hf_generate, hf_compile or all")
-    image_path = Path(args.image_path) if args.image_path else SAMPLE_IMAGE
-    image = load_image(image_path)  # before anything slow: a bad path fails at once
-    device = resolve_device(args.device)
-    config = models.load_config(args.model, args.random_weights)
-    family = model_family(config)
-    if args.max_tiles and family is not eagle2.Eagle2VL:
+def parse(argv=None) -> RunConfig:
+    """The command line as a resolved RunConfig."""
+    args = add_vlm_args(cli.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
+    args.image_path = args.image_path or str(SAMPLE_IMAGE)
+    load_image(args.image_path)  # before anything slow: a bad path fails at once
+    args.device = str(resolve_device(args.device))
+    model_config = models.load_config(args.model, args.random_weights)
+    if args.max_tiles and model_family(model_config) is not eagle2.Eagle2VL:
         raise UserError("--max_tiles is for Eagle2 (Qwen2.5-VL does not tile images)")
-    if args.precision is None and device.type == "cuda":
-        args.precision = "BF16"  # as the original tool: Qwen2.5-VL's vision tower is trained in BF16
-    dtype = resolve_precision(args, device, config.model_type)
-    log(f"loading {args.model} ({'random weights' if args.random_weights else 'weights'}, {args.precision}, {device})")
+    return cli.run_config(args, model_config.model_type, vision_language=True)
+
+
+def run(config: RunConfig) -> dict:
+    """Load, build (vision encoder and language model), then generate or benchmark; returns the
+    run's JSON record (also written to --output_json)."""
+    device = config.torch_device
+    image = load_image(config.image_path)
+    family = model_family(models.load_config(config.model, config.random_weights))
+    log(f"loading {config.model} ({'random weights' if config.random_weights else 'weights'}, {config.precision}, "
+        f"{device})")
     start = time.perf_counter()
-    vlm = family.load(args.model, args.random_weights, dtype, device, args.max_tiles)
-    if args.tokenizer:
-        tokenizer = models.load_tokenizer(args.tokenizer, vlm.text_config)
-        if tokenizer is None:
-            raise UserError(f"--tokenizer {args.tokenizer}: no tokenizer found there")
-        vlm.set_tokenizer(tokenizer)
+    vlm = family.load(config.model, config.random_weights, config.dtype, device, config.max_tiles)
+    if config.tokenizer:
+        vlm.set_tokenizer(models.override_tokenizer(config.tokenizer, vlm.text_config))
     load_s = time.perf_counter() - start
 
-    mode = vlm.default_vision if args.vision == "auto" else args.vision
+    mode = vlm.default_vision if config.vision == "auto" else config.vision
     vlm.set_image(image, compiled=mode == "compile")
-    input_ids = prompt_input_ids(vlm, args, device)
+    input_ids = prompt_input_ids(vlm, config)
     prompt_len = input_ids.shape[1]
-    max_len = prompt_len + args.num_tokens
-    check_length(max_len, max_positions(vlm.text_config), f"{prompt_len} prompt tokens + {args.num_tokens} new tokens")
+    max_len = prompt_len + config.num_tokens
+    models.check_positions(vlm.text_config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
     position_ids = vlm.positions(input_ids)
-
-    backend = backends.choose_backend(args.backend, device)
-    args.backend = backend  # build_generator would otherwise say "auto -> ..." a second time
-    encode, mode, vision_compile_s = build_vision(vlm, mode, args, backend, device, dtype)
+    encode, mode, vision_compile_s = build_vision(vlm, mode, config)
 
     def vision():
         """Vision encoder + merge into the prompt: the part of TTFT before prefill."""
         return vlm.embed(input_ids, encode()), position_ids
 
     embeds, _ = vision()
-    make_inputs = example_inputs(vlm, args.batch_size, vlm.text_config.hidden_size, dtype, device)
-    gen, backend, timings = build_generator(
-        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), args, device, dtype, max_len, (embeds, position_ids)
+    make_inputs = example_inputs(vlm, config.batch_size, vlm.text_config.hidden_size, config.dtype, device)
+    gen, timings = build_generator(
+        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), config, max_len, (embeds, position_ids)
     )
     timings.update(load_s=load_s, vision_compile_s=vision_compile_s)
-    result = run_record(args, args.model, vlm.source, backend, device, prompt_len, timings, image=str(image_path),
+    result = run_record(config, vlm.source, prompt_len, timings, image=config.image_path,
                         image_tokens=vlm.num_image_tokens, vision=mode)
-    if args.benchmark:
-        result["benchmark"] = benchmark.run(gen, input_ids, args, vlm.text_model, device, vision=vision,
+    if config.benchmark:
+        result["benchmark"] = benchmark.run(gen, input_ids, config, vlm.text_model, vision=vision,
                                             embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
-        if args.enable_pytorch_run:
-            model, extra_inputs = vlm.baseline(input_ids, vlm.vision_inputs(args.batch_size, device))
-            result["baselines"] = benchmark.run_baselines(model, input_ids, args, device, extra_inputs, vlm.text_model)
-        benchmark.report(result, args)
+        if config.enable_pytorch_run:
+            model, extra_inputs = vlm.baseline(input_ids, vlm.vision_inputs(config.batch_size, device))
+            result["baselines"] = benchmark.run_baselines(model, input_ids, config, extra_inputs, vlm.text_model)
+        benchmark.report(result, config)
     else:
-        result.update(generate_text(gen, embeds, position_ids, input_ids, args, vlm.tokenizer, vlm.eos_ids(),
+        result.update(generate_text(gen, embeds, position_ids, input_ids, config, vlm.tokenizer, vlm.eos_ids(),
                                     embed=vlm.embed_tokens, decode_positions=vlm.decode_positions))
-    write_result(result, args)
+    cli.write_result(result, config)
+    return result
+
+
+@cli.cli_main
+def main(argv=None):
+    run(parse(argv))
+
 
 if __name__ == "__main__":
     main()

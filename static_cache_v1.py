@@ -9,13 +9,16 @@ outputs, to be passed back in at the next step (the original tool's semantics).
 import operator
 
 import torch
+from torch.export import Dim
 
-from export_llm import add_cache_inputs, add_input, add_outputs, attention_nodes, finish
+from export_llm import add_cache_inputs, add_input, add_outputs, attention_nodes, finish, zero_caches
 
 aten = torch.ops.aten
+FIXED_SHAPES = False
+FIRST_GRAPH = False
 
 
-def apply(gm, batch_size, max_len):
+def apply(gm, batch_size, max_len, inplace=True, fresh=False):
     nodes = attention_nodes(gm)
     caches = add_cache_inputs(gm, nodes, batch_size, max_len)
     start = add_input(gm, "start_idx", 0)
@@ -33,3 +36,16 @@ def apply(gm, batch_size, max_len):
     add_outputs(gm, updated)
     gm.meta["cache"] = "static_v1"
     return finish(gm)
+
+
+def new_state(shapes, batch_size, max_len, dtype, device, kept=None):
+    return kept or zero_caches(shapes, batch_size, max_len, dtype, device)
+
+
+def call(graph, x, position_ids, state, start, cache_position):
+    logits, token, *updated = graph(x, position_ids, *state, start)
+    return logits, token, updated
+
+
+def tensorrt_shapes(num_inputs, seq, max_len):
+    return [None] * (num_inputs - 1) + [Dim.DYNAMIC]  # the caches, then start_idx

@@ -20,9 +20,11 @@ slower kernel.
 
 import torch
 
-from export_llm import add_cache_inputs, add_input, add_outputs, attention_nodes, finish
+from export_llm import add_cache_inputs, add_input, add_outputs, attention_nodes, finish, zero_caches
 
 aten = torch.ops.aten
+FIXED_SHAPES = True
+FIRST_GRAPH = True
 
 
 def apply(gm, batch_size, max_len, inplace=True, fresh=False):
@@ -44,7 +46,7 @@ def apply(gm, batch_size, max_len, inplace=True, fresh=False):
         if not fresh:
             node.target = torch.ops.tllm.cached_attention.default
             node.args = (q, *full, masks[window], scale)
-            node.meta["window"] = window  # for register_sdpa.use_split_k_decode
+            node.meta["window"] = window  # for decode_attention.use_split_k_decode
         updated.extend(full)
     if not inplace:
         add_outputs(gm, updated)
@@ -65,3 +67,17 @@ def _position_mask(graph, position, max_len, window, device):
     if window > 0:
         mask = call(aten.logical_and.default, (mask, call(aten.lt.Scalar, (distance, window))))
     return mask
+
+
+def new_state(shapes, batch_size, max_len, dtype, device, kept=None):
+    """The buffers are kept from one sequence to the next: rows past the length are never read."""
+    return kept or zero_caches(shapes, batch_size, max_len, dtype, device)
+
+
+def call(graph, x, position_ids, state, start, cache_position):
+    logits, token, *updated = graph(x, position_ids, cache_position, *state)
+    return logits, token, updated or state  # the functional form returns the caches it wrote
+
+
+def tensorrt_shapes(num_inputs, seq, max_len):
+    return [{0: seq}] + [None] * (num_inputs - 1)  # cache_position, then the caches

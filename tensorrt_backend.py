@@ -11,23 +11,15 @@ import contextlib
 import torch
 from torch.export import Dim
 
-import register_sdpa
+import cache_modes
 from utils import log
 
 
 def _dynamic_shapes(gm, args, max_len):
+    """The model inputs' sequence dims, then what the cache mode says of the inputs it added."""
     seq = Dim("seq", min=1, max=max_len)
     specs = [{d: seq} for d in gm.meta["seq_dims"]]
-    cache = gm.meta["cache"]
-    rest = args[len(specs):]
-    if cache == "static_v2":
-        specs.append({0: seq})  # cache_position
-        specs += [None] * (len(rest) - 1)
-    elif cache == "static_v1":
-        specs += [None] * (len(rest) - 1) + [Dim.DYNAMIC]  # start_idx
-    elif cache == "dynamic":
-        past = Dim("past", min=0, max=max_len)
-        specs += [{2: past}] * len(rest)
+    specs += cache_modes.MODES[gm.meta["cache"]].tensorrt_shapes(len(args) - len(specs), seq, max_len)
     return tuple(specs)
 
 
@@ -56,7 +48,7 @@ def compile(gm, dtype, max_len, min_block_size, debug):
     """Returns a callable that builds the engine on its first call, then runs it."""
     import torch_tensorrt
 
-    register_sdpa.register_tensorrt_converters()
+    register_converters()
     compiled = None
 
     def run(*args):
@@ -86,3 +78,50 @@ def enable_cudagraphs(enabled):
     import torch_tensorrt
 
     torch_tensorrt.runtime.set_cudagraphs_mode(enabled)
+
+
+def register_converters():
+    """Teach Torch-TensorRT (2.13) both ops: a position mask plus TensorRT's IAttention layer
+    (through torch_tensorrt's own SDPA converter, which handles grouped K/V heads natively).
+
+    Called when an engine is first built; importing this module never needs TensorRT."""
+    from torch_tensorrt.dynamo._SourceIR import SourceIR
+    from torch_tensorrt.dynamo.conversion import dynamo_tensorrt_converter, impl
+    from torch_tensorrt.dynamo.conversion.converter_utils import cast_trt_tensor
+
+
+    def visible(ctx, target, name, q_pos, k, window):
+        ir = SourceIR.ATEN
+        num_keys = impl.shape.shape(ctx, target, ir, f"{name}_num_keys", k, 2)
+        k_pos = impl.arange.arange(ctx, target, ir, f"{name}_k_pos", 0, num_keys, 1)
+        q_pos = cast_trt_tensor(ctx, q_pos, k_pos.dtype, f"{name}_q_pos_cast", target, ir)
+        rows = impl.unsqueeze.unsqueeze(ctx, target, ir, f"{name}_rows", q_pos, 1)
+        cols = impl.unsqueeze.unsqueeze(ctx, target, ir, f"{name}_cols", k_pos, 0)
+        distance = impl.elementwise.sub(ctx, target, ir, f"{name}_distance", rows, cols)
+        mask = impl.elementwise.ge(ctx, target, ir, f"{name}_causal", distance, 0)
+        if window > 0:
+            in_window = impl.elementwise.lt(ctx, target, ir, f"{name}_in_window", distance, window)
+            mask = impl.elementwise.logical_and(ctx, target, ir, f"{name}_window", mask, in_window)
+        return mask
+
+    def attend(ctx, target, name, q, k, v, mask, scale):
+        out = impl.attention.scaled_dot_product_attention(
+            ctx, target, SourceIR.ATEN, name, q, k, v, attn_mask=mask, scale=scale
+        )
+        return impl.permutation.permute(ctx, target, SourceIR.ATEN, f"{name}_sequence_major", out, [0, 2, 1, 3])
+
+    @dynamo_tensorrt_converter(torch.ops.tllm.attention.default, supports_dynamic_shapes=True)
+    def _attention(ctx, target, args, kwargs, name):
+        q, k, v, scale, window = args
+        ir = SourceIR.ATEN
+        # Lower-right alignment: the Sq queries sit at positions Sk - Sq ... Sk - 1.
+        num_keys = impl.shape.shape(ctx, target, ir, f"{name}_sk", k, 2)
+        num_queries = impl.shape.shape(ctx, target, ir, f"{name}_sq", q, 2)
+        first = impl.elementwise.sub(ctx, target, ir, f"{name}_first", num_keys, num_queries)
+        q_pos = impl.arange.arange(ctx, target, ir, f"{name}_q_pos", first, num_keys, 1)
+        return attend(ctx, target, name, q, k, v, visible(ctx, target, name, q_pos, k, window), scale)
+
+    @dynamo_tensorrt_converter(torch.ops.tllm.cached_attention.default, supports_dynamic_shapes=True)
+    def _cached_attention(ctx, target, args, kwargs, name):
+        q, k_cache, v_cache, mask, scale = args
+        return attend(ctx, target, name, q, k_cache, v_cache, mask, scale)

@@ -21,15 +21,13 @@ import qwen_vl
 import register_sdpa
 import run_vlm
 from generate import greedy, prefill
-from test_llm_pipeline import DECODE, PROMPT, build, four_layers, tiny_pair
-from test_vlm import cli_args, config_from, run_pipeline, tiny_eagle_config, tiny_qwen_config
-from tiny import FAMILIES
+from test_vlm import config_from, run_pipeline, tiny_eagle_config, tiny_qwen_config, vlm_config
+from tiny import CACHE_MODES, DECODE, FAMILIES, PROMPT, build, four_layers, tiny_pair
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
 
-CACHES = ("static_v2", "static_v1", "dynamic", "")
-CONFIGS = [(backend, cache, False) for backend in ("eager", "inductor") for cache in CACHES] + [
+CONFIGS = [(backend, cache, False) for backend in ("eager", "inductor") for cache in CACHE_MODES] + [
     ("inductor", "static_v2", True),
     ("eager", "static_v2", True),
 ]
@@ -164,9 +162,8 @@ def test_qwen_vl_bf16_matches_fp32(backend, cudagraph, vision):
                                   "text_config": register_sdpa.ATTN_IMPLEMENTATION, "vision_config": "sdpa"})
     vlm = qwen_vl.QwenVL(ours, models.load_tokenizer(None, config), None)
     vlm.set_image(run_vlm.load_image(run_vlm.SAMPLE_IMAGE), compiled=vision == "compile")
-    flags = ["--vision", vision] + (["--cudagraph"] if cudagraph else [])
-    input_ids, logits, tokens = run_pipeline(vlm, cli_args(*flags, device="cuda", backend=backend),
-                                             dtype=torch.bfloat16)
+    run = vlm_config("cuda", backend, "BF16", vision=vision, cudagraph=cudagraph)
+    input_ids, logits, tokens = run_pipeline(vlm, run)
     sequence = torch.cat([input_ids, tokens[:, :-1]], 1)
 
     def reference(model):
@@ -190,9 +187,7 @@ def test_eagle2_bf16_matches_fp32(backend, cudagraph):
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     vlm = eagle2.Eagle2VL(copy.deepcopy(bf16), models.load_tokenizer(None, config.llm_config), None)
     vlm.set_image(run_vlm.load_image(run_vlm.SAMPLE_IMAGE))
-    flags = ["--cudagraph"] if cudagraph else []
-    input_ids, logits, tokens = run_pipeline(vlm, cli_args(*flags, device="cuda", backend=backend),
-                                             dtype=torch.bfloat16)
+    input_ids, logits, tokens = run_pipeline(vlm, vlm_config("cuda", backend, "BF16", cudagraph=cudagraph))
     sequence = torch.cat([input_ids, tokens[:, :-1]], 1)
     pixels = vlm.vision_inputs(1, CUDA)
 

@@ -2,67 +2,22 @@
 for every text family and cache mode: logits at prefill and at each of 40 teacher-forced
 decode steps, greedy tokens, chunked prefill, batches, and the Inductor backend."""
 
-import copy
+import dataclasses
 
 import pytest
 import torch
-import transformers
 
+import decode_attention
+import passes
 import register_sdpa
 import run_llm
 from export_llm import LastLogits
-from generate import greedy, prefill
-from pipeline import ArgumentParser, add_common_args, build_generator, check_args
-from tiny import FAMILIES, tiny_config
-
-PROMPT, DECODE = 24, 40  # Gemma's tiny sliding window is 16: the prompt and the decode cross it
-CPU = torch.device("cpu")
-TOL = 1e-4
+from generate import Generator, greedy, prefill
+from tiny import (CACHE_MODES, CPU, DECODE, FAMILIES, PROMPT, TOL, build, four_layers, rewritten_graph,
+                  teacher_forced_errors, tiny_pair)
 
 
-def tiny_pair(family, dtype=torch.float32, device=CPU, **changes):
-    """(model with our attention op in ``dtype``, the same weights under transformers' SDPA in FP32);
-    ``changes``: config fields to set."""
-    config = tiny_config(family, **changes)
-    torch.manual_seed(0)
-    ref = transformers.AutoModelForCausalLM.from_config(
-        copy.deepcopy(config), attn_implementation="sdpa", dtype=torch.float32
-    ).eval()
-    ours = transformers.AutoModelForCausalLM.from_config(
-        copy.deepcopy(config), attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=dtype
-    ).eval()
-    ours.load_state_dict(ref.state_dict())
-    ours, ref = ours.to(device), ref.to(device)
-    ref.generation_config.eos_token_id = None  # tiny vocabularies don't hold the real EOS ids
-    return ours, ref
-
-
-def build(model, prompt, cache, backend="eager", chunk=0, max_len=PROMPT + DECODE, cudagraph=False,
-          decode_attention="triton"):
-    flags = ["--cache", cache, "--backend", backend, "--prefill_chunk", str(chunk), "--batch_size", str(len(prompt)),
-             "--decode_attention", decode_attention]
-    args = add_common_args(ArgumentParser()).parse_args(flags + (["--cudagraph"] if cudagraph else []))
-    check_args(args)
-    make_inputs = run_llm.text_inputs(len(prompt), model.config.vocab_size, prompt.device)
-    gen, _, _ = build_generator(LastLogits(model), make_inputs, (1, 1), args, prompt.device, model.dtype, max_len,
-                                (prompt, None))
-    return gen
-
-
-def teacher_forced_errors(gen, ref, sequence, chunk=0):
-    """Max |logit difference| at the prefill and at each decode step, feeding ``sequence``."""
-    with torch.no_grad():
-        want = ref(sequence).logits
-        steps = [prefill(gen, sequence[:, :PROMPT], chunk=chunk)]
-        steps += [gen.step(sequence[:, j : j + 1]) for j in range(PROMPT, sequence.shape[1])]
-    errors = []
-    for j, (logits, token) in enumerate(steps, start=PROMPT - 1):
-        assert torch.equal(token, logits.argmax(-1))  # the graph's token is its logits' argmax
-        errors.append((logits - want[:, j]).abs().max().item())
-    return errors
-
-
-@pytest.mark.parametrize("cache", ["static_v2", "static_v1", "dynamic", ""])
+@pytest.mark.parametrize("cache", CACHE_MODES)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_logits_match_transformers(family, cache):
     ours, ref = tiny_pair(family)
@@ -163,7 +118,7 @@ def test_split_k_entry_point_keeps_sdpa_for_prompt_chunks():
     q, (k, v) = torch.randn(1, 4, 3, 16), torch.randn(2, 1, 2, 10, 16).unbind(0)
     position = torch.tensor([5, 6, 7])
     mask = register_sdpa.visible_keys(position, 10, 4)
-    torch.testing.assert_close(register_sdpa.split_k_cached_attention(q, k, v, mask, 0.25, position, 4),
+    torch.testing.assert_close(decode_attention.split_k_cached_attention(q, k, v, mask, 0.25, position, 4),
                                torch.ops.tllm.cached_attention(q, k, v, mask, 0.25))
 
 
@@ -205,30 +160,6 @@ def test_tuning_flush_reaches_inductors_benchmarker():
             benchmarker.__dict__["L2_cache_size"] = saved
 
 
-def rewritten_graph(model, cache, max_len, inplace):
-    """The model's exported graph with fused linears and ``cache``'s pass, as the pipeline
-    builds it before compiling (batch 1)."""
-    import dynamic_cache
-    import export_llm
-    import fuse_linears
-    import static_cache_v1
-    import static_cache_v2
-
-    make_inputs = run_llm.text_inputs(1, model.config.vocab_size, CPU)
-    gm = export_llm.add_next_token(export_llm.export_graph(LastLogits(model), make_inputs(2), (1, 1), max_len))
-    fuse_linears.apply(gm)
-    passes = {"static_v2": lambda: static_cache_v2.apply(gm, 1, max_len, inplace=inplace),
-              "static_v1": lambda: static_cache_v1.apply(gm, 1, max_len),
-              "dynamic": lambda: dynamic_cache.apply(gm, 1), "": lambda: gm}
-    passes[cache]()
-    return gm
-
-
-def four_layers(family):
-    """Config changes giving a tiny model of ``family`` at least four layers (Gemma's has six)."""
-    return {"gpt2": {"n_layer": 4}, "gemma3": {}}.get(family, {"num_hidden_layers": 4})
-
-
 @pytest.mark.parametrize("cache", ["static_v2", "dynamic", ""])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_layer_split_computes_the_graph(family, cache):
@@ -236,12 +167,11 @@ def test_layer_split_computes_the_graph(family, cache):
     computes exactly what the whole graph computes, cache writes included, at prefill and
     decode; the middle layers are one distinct piece."""
     import layer_split
-    from generate import Generator
 
     ours, _ = tiny_pair(family, **four_layers(family))
     layers = ours.config.num_hidden_layers
     max_len = PROMPT + DECODE
-    gm = rewritten_graph(ours, cache, max_len, inplace=True)
+    gm = rewritten_graph(ours, cache, max_len)
     split = layer_split.split_by_layer(gm)
     pieces = layer_split.pieces(split)
     # the embedding and layer 0's first half, one piece per later layer, the final norm and head
@@ -258,7 +188,7 @@ def test_layer_split_computes_the_graph(family, cache):
             assert not isinstance(a, torch.Tensor) or torch.equal(a, b)
         return want
 
-    gen = Generator(both, gm.meta.get("cache_shapes", []), cache, 1, max_len, torch.float32, CPU, inplace=True)
+    gen = Generator(both, gm.meta.get("cache_shapes", []), cache, 1, max_len, torch.float32, CPU)
     prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT))
     with torch.no_grad():
         _, token = prefill(gen, prompt)
@@ -270,11 +200,10 @@ def test_layer_split_computes_the_graph(family, cache):
                                             ("dynamic", False), ("", False)],
                          ids=["static_v2-whole", "static_v2-by_layer", "static_v1", "dynamic", "none"])
 def test_inductor_backend_matches_transformers(cache, by_layer, monkeypatch):
-    import backends
-
-    compile_graph = backends.compile_graph
-    # by layer is what --cudagraph (CUDA only) picks; four layers give three equal middle pieces
-    monkeypatch.setattr(backends, "compile_graph", lambda *a, **k: compile_graph(*a, **{**k, "by_layer": by_layer}))
+    # the layer split runs with --cudagraph (CUDA only); four layers give three equal middle pieces
+    layer_split = dataclasses.replace(passes.PASSES[-1], when=lambda g: by_layer and g.language)
+    assert layer_split.name == "layer_split"
+    monkeypatch.setattr(passes, "PASSES", (*passes.PASSES[:-1], layer_split))
     ours, ref = tiny_pair("llama", num_hidden_layers=4)
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
     gen = build(ours, sequence[:, :PROMPT], cache, backend="inductor")
@@ -293,14 +222,13 @@ def test_graph_reexports_for_tensorrt(cache):
     graph, in the functional form TensorRT gets, re-exports with dynamic sequence (and cache)
     lengths, and the exported program computes what the graph computes at other lengths."""
     import tensorrt_backend
-    from generate import Generator
 
     ours, _ = tiny_pair("gemma3")
     max_len = PROMPT + DECODE
-    gm = rewritten_graph(ours, cache, max_len, inplace=False)
+    gm = rewritten_graph(ours, cache, max_len, backend="tensorrt")
     calls = []
     gen = Generator(lambda *args: calls.append(args) or gm(*args), gm.meta.get("cache_shapes", []), cache, 1,
-                    max_len, torch.float32, CPU, inplace=False)
+                    max_len, torch.float32, CPU)
     prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT))
     with torch.no_grad():
         prefill(gen, prompt)

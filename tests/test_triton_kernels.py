@@ -16,12 +16,12 @@ import torch
 import decode_attention
 import gated_down
 from generate import prefill
-from test_llm_pipeline import PROMPT, build, tiny_pair
+from tiny import PROMPT, build, tiny_pair
 
 # The interpreter can neither time autotuning candidates nor ask a GPU for its SM count.
 partial_sums = gated_down.partial_sums
 gated_down.partial_sums = lambda g, w, gelu, sms: partial_sums(g, w, gelu, sms, tile=(16, 128))
-decode_attention.num_sms = lambda index: 132
+decode_attention.num_sms = gated_down.num_sms = lambda index: 132
 
 torch.manual_seed(0)
 for rows, inner, batch, gelu in [(96, 400, 1, False), (64, 1024, 2, True), (40, 300, 1, False)]:

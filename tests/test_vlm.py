@@ -21,13 +21,15 @@ import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
+import config
 import eagle2
 import models
 import qwen_vl
 import register_sdpa
 import run_vlm
-from generate import CACHE_MODES, greedy, prefill
-from pipeline import ArgumentParser, build_generator, check_args
+from generate import greedy, prefill
+from pipeline import build_generator
+from tiny import CACHE_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 24
@@ -61,11 +63,10 @@ def config_from(data):
     return transformers.CONFIG_MAPPING[data["model_type"]].from_dict(data)
 
 
-def cli_args(*extra, device="cpu", backend="eager"):
-    args = run_vlm.add_vlm_args(ArgumentParser()).parse_args(["--device", device, "--backend", backend, *extra])
-    check_args(args)
-    args.precision = "FP32"
-    return args
+def vlm_config(device="cpu", backend="eager", precision="FP32", **fields):
+    """A resolved RunConfig for a VLM pipeline (the model type only sets defaults)."""
+    return config.resolve("qwen2_5_vl", vision_language=True, device=device, backend=backend, precision=precision,
+                          **fields)
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +87,17 @@ def qwen(sample):
     return vlm
 
 
-def run_pipeline(vlm, args, num_tokens=NEW_TOKENS, dtype=torch.float32):
-    """The run_vlm.py flow in process: vision, export + cache pass, prefill, greedy. Returns the
-    prompt ids, the first logits, every decode step's logits and the tokens."""
-    device = torch.device(args.device)
-    input_ids = run_vlm.prompt_input_ids(vlm, args, device)
+def run_pipeline(vlm, run, num_tokens=NEW_TOKENS):
+    """The run_vlm.py flow in process for the RunConfig ``run``: vision, export + passes, prefill,
+    greedy. Returns the prompt ids, the first logits, every decode step's logits and the tokens."""
+    input_ids = run_vlm.prompt_input_ids(vlm, run)
     positions = vlm.positions(input_ids)
-    encode, _, _ = run_vlm.build_vision(vlm, args.vision if args.vision != "auto" else vlm.default_vision,
-                                        args, args.backend, device, dtype)
+    encode, _, _ = run_vlm.build_vision(vlm, run.vision if run.vision != "auto" else vlm.default_vision, run)
     embeds = vlm.embed(input_ids, encode())
     max_len = input_ids.shape[1] + num_tokens
-    make = run_vlm.example_inputs(vlm, args.batch_size, vlm.text_config.hidden_size, dtype, device)
-    gen, _, _ = build_generator(vlm.lm_module, make, (1, vlm.position_seq_dim), args, device, dtype, max_len,
-                                (embeds, positions))
-    first_logits, first_token = prefill(gen, embeds, positions, args.prefill_chunk)
+    make = run_vlm.example_inputs(vlm, run.batch_size, vlm.text_config.hidden_size, run.dtype, run.torch_device)
+    gen, _ = build_generator(vlm.lm_module, make, (1, vlm.position_seq_dim), run, max_len, (embeds, positions))
+    first_logits, first_token = prefill(gen, embeds, positions, run.prefill_chunk)
     logits = [first_logits]
     step = gen.step
 
@@ -117,7 +115,7 @@ def run_pipeline(vlm, args, num_tokens=NEW_TOKENS, dtype=torch.float32):
 def qwen_reference(qwen):
     """Hugging Face generate(), eager attention everywhere, on the same prompt."""
     hf = qwen.hf
-    input_ids = run_vlm.prompt_input_ids(qwen, cli_args(), torch.device("cpu"))
+    input_ids = run_vlm.prompt_input_ids(qwen, vlm_config())
     hf.set_attn_implementation("eager")
     try:
         out = hf.generate(
@@ -135,7 +133,7 @@ def qwen_reference(qwen):
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_qwen_matches_hugging_face(qwen, qwen_reference, cache):
     ref_ids, ref_logits, ref_tokens = qwen_reference
-    input_ids, logits, tokens = run_pipeline(qwen, cli_args("--cache", cache))
+    input_ids, logits, tokens = run_pipeline(qwen, vlm_config(cache=cache))
     assert torch.equal(input_ids, ref_ids)
     assert (input_ids == qwen.config.image_token_id).sum() == 192
     assert len(logits) == NEW_TOKENS  # prefill + 23 decode steps (the last token needs none)
@@ -145,7 +143,7 @@ def test_qwen_matches_hugging_face(qwen, qwen_reference, cache):
 
 def test_qwen_positions_are_mrope(qwen):
     """The image's tokens get 2-D (height, width) positions; decode continues from the rope delta."""
-    input_ids = run_vlm.prompt_input_ids(qwen, cli_args(), torch.device("cpu"))
+    input_ids = run_vlm.prompt_input_ids(qwen, vlm_config())
     positions = qwen.positions(input_ids)
     image = (input_ids[0] == qwen.config.image_token_id).nonzero().view(-1)
     t, h, w = positions[:, 0, image]
@@ -158,9 +156,9 @@ def test_qwen_positions_are_mrope(qwen):
 def test_qwen_compiled_vision_equals_eager(qwen, sample):
     """At 448x336 px (multiples of 112) the exported vision encoder's features equal the eager
     Hugging Face tower's; at 420x308 the windows are ragged, so it does not apply."""
-    args = cli_args("--batch_size", "2")
-    eager, _, _ = run_vlm.build_vision(qwen, "eager", args, "eager", torch.device("cpu"), torch.float32)
-    compiled, mode, _ = run_vlm.build_vision(qwen, "compile", args, "eager", torch.device("cpu"), torch.float32)
+    run = vlm_config(batch_size=2)
+    eager, _, _ = run_vlm.build_vision(qwen, "eager", run)
+    compiled, mode, _ = run_vlm.build_vision(qwen, "compile", run)
     assert mode == "compile"
     assert torch.equal(compiled(), eager())
     qwen.set_image(sample.resize((420, 308)))
@@ -237,7 +235,7 @@ def eagle(sample):
 def test_eagle_pipeline_matches_eager(eagle, cache):
     """Exported + compiled (eager backend) vision encoder and language model with a KV cache vs
     the project's eager model recomputing the whole sequence at every step."""
-    input_ids, logits, tokens = run_pipeline(eagle, cli_args("--cache", cache, "--batch_size", "2"))
+    input_ids, logits, tokens = run_pipeline(eagle, vlm_config(cache=cache, batch_size=2))
     assert (input_ids == eagle.image_token_id).sum(1).tolist() == [13 * 4, 13 * 4]
     pixels = eagle.vision_inputs(2, torch.device("cpu"))
     sequence = torch.cat([input_ids, tokens], 1)

@@ -1,0 +1,122 @@
+"""One run's configuration: what to run, how to build it and what to measure. ``resolve`` fills
+in every default (device, precision, backend, lengths, which decode kernels can run here) once;
+the engine reads the result and nothing changes it afterwards."""
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+import backends
+import cache_modes
+from utils import PRECISIONS, UserError, log, resolve_device, resolve_dtype
+
+BASELINES = ("hf_generate", "hf_compile", "no_cache")
+TUNE_MODES = ("decode", "all", "none")
+DECODE_KERNELS = ("triton", "sdpa")
+VISION_MODES = ("auto", "eager", "compile")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # what to run
+    model: str | None = None  # hub id or folder; None: the bundled default model
+    tokenizer: str | None = None
+    random_weights: bool = False
+    prompt: str | None = None
+    chat_template: bool = True
+    image_path: str | None = None  # vision-language models
+    vision: str = "auto"
+    max_tiles: int | None = None
+    # how to build it
+    device: str = "cpu"
+    precision: str = "FP32"
+    backend: str = "eager"
+    cache: str = "static_v2"
+    prefill_chunk: int = 0
+    cudagraph: bool = False
+    decode_attention: str = "sdpa"  # what runs: triton (split-K kernel) or sdpa
+    min_block_size: int = 1
+    debug: bool = False
+    tune: str = "decode"  # Inductor's coordinate-descent tuning: decode graph, all graphs, none
+    batch_size: int = 1
+    num_tokens: int = 64
+    ignore_eos: bool = False
+    # what to measure
+    benchmark: bool = False
+    isl: int = 2048
+    iterations: int = 5
+    warmup: int = 1
+    enable_pytorch_run: bool = False
+    baselines: tuple[str, ...] = ("hf_generate",)
+    profile: str | None = None
+    output_json: str | None = None
+    results_csv: str | None = None
+    # Decode-step features, each on by default where it applies; benchmarks/inductor_ab.py turns
+    # them off one by one to measure what each gains (benchmarks/HISTORY.md).
+    gated_down: bool = False  # the Triton down projection of gated MLPs (resolved: CUDA + triton)
+    split_bias: bool = True  # Inductor on CUDA: biased products as product + bias
+    tuning_flush: bool = True  # Inductor's tuner flushes 256 MB before each timing
+    combo_kernels: bool = True  # Inductor on CUDA: independent small kernels launched as one
+    pdl: bool = True  # Inductor on CUDA: programmatic dependent launch of its kernels
+    kernel_pdl: bool = True  # our Triton kernels launched with PDL inside CUDA graphs
+    fed_back: bool = True  # a replayed greedy step writes the next step's inputs itself
+    layer_split: bool = True  # with CUDA graphs, Inductor compiles each distinct layer piece once
+
+    @property
+    def dtype(self):
+        return PRECISIONS[self.precision]
+
+    @property
+    def torch_device(self):
+        return torch.device(self.device)
+
+    @property
+    def on_cuda(self):
+        return self.device.startswith("cuda")
+
+    @property
+    def model_name(self):
+        import models
+
+        return self.model or models.DEFAULT_MODEL
+
+
+def triton_kernels_available(device, backend):
+    """Our Triton decode kernels run on CUDA with triton installed, and not inside TensorRT."""
+    return device.type == "cuda" and backend != "tensorrt" and importlib.util.find_spec("triton") is not None
+
+
+def resolve(model_type, *, device="auto", precision=None, backend="auto", num_tokens=None, benchmark=False,
+            decode_attention="triton", gated_down=True, baselines=("hf_generate",), vision_language=False, **fields):
+    """The run's configuration with every default filled in, checked; ``model_type`` is the
+    model config's (defaults differ per family). Other fields are RunConfig's, as given."""
+    cache = fields.get("cache", RunConfig.cache)
+    mode = cache_modes.MODES[cache]
+    if fields.get("prefill_chunk") and not mode.FIXED_SHAPES:
+        raise UserError("--prefill_chunk needs --cache static_v2")
+    if fields.get("cudagraph") and not mode.FIXED_SHAPES:
+        raise UserError("--cudagraph needs --cache static_v2 (the only mode whose decode step has fixed shapes)")
+    torch_device = resolve_device(device)
+    if fields.get("cudagraph") and torch_device.type != "cuda":
+        raise UserError("--cudagraph needs a CUDA device")
+    if precision is None:
+        # BF16 for Gemma 3 (it overflows in FP16) and for the VLMs (their vision towers are trained in it)
+        bf16 = vision_language or model_type.startswith("gemma3")
+        precision = "FP32" if torch_device.type == "cpu" else "BF16" if bf16 else "FP16"
+    resolve_dtype(precision, torch_device, model_type)  # notes about the choice
+    backend = backends.choose_backend(backend, torch_device)
+    triton = triton_kernels_available(torch_device, backend) and mode.FIXED_SHAPES
+    if decode_attention == "triton" and not triton and backend != "tensorrt":
+        log("decode attention: SDPA (the split-K Triton kernel needs CUDA, triton and --cache static_v2)")
+    if "all" in baselines:  # the no-cache loop is text-only
+        baselines = BASELINES[:2] if vision_language else BASELINES
+    elif vision_language and fields.get("enable_pytorch_run") and "no_cache" in baselines:
+        raise UserError("--baseline no_cache is for text models; choose hf_generate, hf_compile or all")
+    baselines = tuple(dict.fromkeys(baselines))
+    return RunConfig(
+        device=str(torch_device), precision=precision, backend=backend,
+        num_tokens=num_tokens or (128 if benchmark else 64), benchmark=benchmark,
+        decode_attention="triton" if decode_attention == "triton" and triton else "sdpa",
+        gated_down=gated_down and triton, baselines=baselines, **fields,
+    )
