@@ -71,7 +71,7 @@ def tuned(g):
 PASSES = (
     Pass("next_token", "export", lambda g: True, lambda gm, g: export_llm.add_next_token(gm),
          "last position's logits as float32 plus their argmax: decode needs nothing after the graph"),
-    Pass("fuse_linears", "export", lambda g: True, lambda gm, g: fuse_linears.apply(gm),
+    Pass("fuse_linears", "export", lambda g: True, lambda gm, g: fuse_linears.apply(gm).meta["fused_linears"],
          "q/k/v and gate/up as one GEMM each: one launch, not two or three, in a latency-bound step"),
     Pass("cache", "graph", lambda g: g.language and g.config.cache != "",
          lambda gm, g: cache_modes.MODES[g.config.cache].apply(
