@@ -83,17 +83,16 @@ def compile_graph(gm, config, max_len, tune):
 
 
 # Bytes Inductor writes to flush the GPU's caches before it times a tuning candidate: Triton's
-# own do_bench default, about 85 us of writes on an H100.
+# own do_bench default.
 TUNING_FLUSH_BYTES = 256 << 20
 
 
 def flush_past_the_launch():
-    """Make Inductor flush 256 MB, not one L2 (50 MB, ~17 us on an H100), before each timed
-    launch of a tuning candidate. Its timer starts when the GPU finishes the flush; a launch
-    from Python that takes longer than the flush is counted as kernel time, which for 2-20 us
-    decode kernels is most of it, and the tuner picks by host noise. With the longer flush the
-    launch is queued before the timer starts: Llama-3.2-1B's decode step went from 1.151 and
-    1.200 ms over two compiles to 1.067 and 1.066 ms (BENCHMARKS.md, run 7). Process-wide."""
+    """Make Inductor flush 256 MB, not one L2, before each timed launch of a tuning candidate.
+    Its timer starts when the GPU finishes the flush; a launch from Python that takes longer
+    than the flush is counted as kernel time, which for microsecond decode kernels is most of
+    it, and the tuner picks by host noise. With the longer flush the launch is queued before the
+    timer starts (what it gained: benchmarks/HISTORY.md, 9c94564). Process-wide."""
     from torch._inductor.runtime.benchmarking import benchmarker
 
     # L2_cache_size is a cached property: an instance value replaces the card's L2 size
@@ -103,9 +102,8 @@ def flush_past_the_launch():
 def split_bias(gm):
     """Rewrite ``linear(x, W, b)`` and ``addmm(b, x, W)`` (GPT-2's Conv1D) as a product without
     bias plus ``b``. With coordinate-descent tuning, Inductor turns a one-row product into a
-    reduction that fuses with the ops around it, but hands one with a bias to cuBLAS: on an H100,
-    Qwen2.5-0.5B's q/k/v GEMV took 4.2 us there and 2.3 us as a fused reduction. Returns how
-    many nodes it rewrote."""
+    reduction that fuses with the ops around it, but hands one with a bias to cuBLAS, which is
+    slower for one row (benchmarks/HISTORY.md, 7febb37). Returns how many nodes it rewrote."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.target is aten.linear.default and len(node.args) == 3 and node.args[2] is not None:

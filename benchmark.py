@@ -246,8 +246,10 @@ def run_baselines(model, input_ids, config, extra_inputs=None, text_model=None):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             run_once = _no_cache_loop if name == "no_cache" else _hf_generate
-            ttfts, steps, e2es = timed_runs(name, config, lambda clock: run_once(model, input_ids, config.num_tokens, clock,
-                                                                                 name == "hf_compile", extra_inputs))
+            def once(clock):
+                run_once(model, input_ids, config.num_tokens, clock, name == "hf_compile", extra_inputs)
+
+            ttfts, steps, e2es = timed_runs(name, config, once)
             results[name] = summarize(ttfts, steps, e2es, config.batch_size, bytes_per_step, device)
             log_summary(name, results[name])
     finally:

@@ -10,7 +10,7 @@ import torch
 import backends
 import cache_modes
 import config
-from utils import PRECISIONS, UserError, write_json, log
+from utils import PRECISIONS, UserError, log, write_json
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,7 +41,8 @@ def add_common_args(parser):
     parser.add_argument("--random_weights", action="store_true",
                         help="random weights at the real shape, from the config bundled for --model (no download)")
     parser.add_argument("--prompt", help="the prompt (default: a question for the model)")
-    parser.add_argument("--no_chat_template", action="store_true", help="feed the prompt as is, without the chat template")
+    parser.add_argument("--no_chat_template", action="store_true",
+                        help="feed the prompt as is, without the chat template")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="compute dtype (default: FP16 on GPU, BF16 for Gemma 3; FP32 on CPU)")
     parser.add_argument("--num_tokens", type=positive_int, default=None,
@@ -66,7 +67,8 @@ def add_common_args(parser):
     )
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--benchmark", action="store_true", help="time prefill and decode on random prompt ids")
-    parser.add_argument("--isl", type=positive_int, default=2048, help="benchmark prompt length (input sequence length)")
+    parser.add_argument("--isl", type=positive_int, default=2048,
+                        help="benchmark prompt length (input sequence length)")
     parser.add_argument("--iterations", type=positive_int, default=5, help="timed benchmark iterations")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed benchmark iterations first")
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")

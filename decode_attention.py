@@ -21,9 +21,9 @@ from torch.library import triton_op
 
 from triton_launch import has_pdl, launch, num_sms
 
-# Each split walks at least this many keys (two 64-key tiles). Measured on an H100 over the
-# supported models' head shapes (benchmarks/decode_attention_bench.py, BENCHMARKS.md), 128 beat
-# 256 and 512 at 2176 keys and was even or better at 256 keys.
+# Each split walks at least this many keys (two 64-key tiles). Measured over the supported
+# models' head shapes (benchmarks/decode_attention_bench.py), 128 beat 256 and 512 at 2176 keys
+# and was even or better at 256 keys.
 MIN_KEYS_PER_SPLIT = 128
 LOG2E = 1.4426950408889634
 
@@ -60,7 +60,7 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
     if WINDOW > 0:  # skip whole tiles before the window (truncating division: start wins when negative)
         start = tl.maximum(start, (position - WINDOW + 1) // BLOCK_N * BLOCK_N)
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l = tl.zeros([GROUP_PAD], tl.float32)
+    total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
     k_base = K + b * k_sb + h * k_sh
     v_base = V + b * v_sb + h * v_sh
@@ -78,18 +78,18 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - shift[:, None])
         alpha = tl.exp2(m - shift)
-        l = l * alpha + tl.sum(p, 1)
+        total = total * alpha + tl.sum(p, 1)
         v = tl.load(v_base + n[:, None] * v_sn + d[None, :], mask=tile_ok, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m = m_new
     if SINGLE:
-        out = acc / l[:, None]
+        out = acc / total[:, None]
         tl.store(Out + b * o_sb + heads[:, None] * o_sh + d[None, :], out.to(Out.dtype.element_ty), mask=rows_ok)
     else:
         row = (bh * tl.num_programs(1) + split) * GROUP + g
         tl.store(Acc + row[:, None] * D + d[None, :], acc, mask=rows_ok)
         tl.store(Max + row, m, mask=g < GROUP)
-        tl.store(Sum + row, l, mask=g < GROUP)
+        tl.store(Sum + row, total, mask=g < GROUP)
 
 
 @triton.jit
@@ -108,10 +108,10 @@ def _merge_splits(Acc, Max, Sum, Out, o_sb, o_sh, num_splits,
     splits_ok = s < num_splits
     row = ((b * (HQ // GROUP) + hq // GROUP) * num_splits + s) * GROUP + hq % GROUP
     m = tl.load(Max + row, mask=splits_ok, other=float("-inf"))
-    l = tl.load(Sum + row, mask=splits_ok, other=0.0)
+    total = tl.load(Sum + row, mask=splits_ok, other=0.0)
     acc = tl.load(Acc + row[:, None] * D + d[None, :], mask=splits_ok[:, None] & (d < D)[None, :], other=0.0)
     weight = tl.exp2(m - tl.max(m, 0))  # a split with no visible key has m = -inf: weight 0
-    out = tl.sum(acc * weight[:, None], 0) / tl.sum(l * weight, 0)
+    out = tl.sum(acc * weight[:, None], 0) / tl.sum(total * weight, 0)
     tl.store(Out + b * o_sb + hq * o_sh + d, out.to(Out.dtype.element_ty), mask=d < D)
 
 
@@ -149,7 +149,8 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(2),
         per_split,
-        QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
         D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1,
     )
     if splits > 1:
@@ -168,8 +169,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 # Launched from Python, each call costs far more host time than Inductor's launch of the
-# triton_op (Qwen2.5-0.5B's step without CUDA graphs: 11.5 ms against 3.3 ms on an H100,
-# BENCHMARKS.md run 9); a CUDA graph pays it once, at capture.
+# triton_op (benchmarks/HISTORY.md, af9d8f1); a CUDA graph pays it once, at capture.
 @torch.library.custom_op("tllm::decode_attention_pdl", mutates_args=())
 def decode_attention_pdl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
                          scale: float, window: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment from nothing and run the toolkit or its tests:
 #   ./dev.sh run [run_llm.py flags]    generate with the bundled default model
-#   ./dev.sh test [pytest flags]       the CPU test suite
+#   ./dev.sh test [pytest flags]       the lint (ruff) and the CPU test suite
 #   ./dev.sh setup                     only create .venv (pinned packages, offline assets)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,6 +28,6 @@ case "$cmd" in
   setup) setup ;;
   run) setup; exec "$VENV/bin/python" run_llm.py "$@" ;;
   vlm) setup; exec "$VENV/bin/python" run_vlm.py "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  test) setup; "$VENV/bin/ruff" check --quiet . && exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
   *) echo "usage: ./dev.sh run|vlm|test|setup [args]" >&2; exit 2 ;;
 esac

@@ -74,9 +74,9 @@ def add_next_token(gm):
 def _argmax_in_chunks(graph, x, size, chunks=128):
     """Graph nodes for ``x.argmax(-1)`` of ``x [B, size]`` as two reductions: the max of each of
     ``chunks`` slices (padded with -inf), then the best slice. One argmax over a whole vocabulary
-    runs in a single thread block per row: 26 us (ATen) or 19-24 us (Inductor) per Llama-3.2-1B
-    step on an H100; the two reductions take 2 us each (BENCHMARKS.md, run 5). Ties go to the
-    first index, as with argmax: the first slice holding the max, then its first max."""
+    runs in a single thread block per row, an order of magnitude slower than the two reductions
+    (benchmarks/HISTORY.md, 952492c). Ties go to the first index, as with argmax: the first
+    slice holding the max, then its first max."""
     call = graph.call_function
     pad = -size % chunks
     if pad:
@@ -85,7 +85,8 @@ def _argmax_in_chunks(graph, x, size, chunks=128):
     best_of_chunk = call(aten.max.dim, (call(aten.view.default, (x, [-1, chunks, width])), -1))
     values, where = (call(operator.getitem, (best_of_chunk, i)) for i in range(2))
     chunk = call(aten.argmax.default, (values, -1))
-    within = call(aten.squeeze.dim, (call(aten.gather.default, (where, 1, call(aten.unsqueeze.default, (chunk, 1)))), 1))
+    picked = call(aten.gather.default, (where, 1, call(aten.unsqueeze.default, (chunk, 1))))
+    within = call(aten.squeeze.dim, (picked, 1))
     return call(aten.add.Tensor, (call(aten.mul.Tensor, (chunk, width)), within))
 
 

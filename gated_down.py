@@ -4,8 +4,7 @@
 Why: Inductor computes a one-row product as a reduction and inlines ``act(gate) * up`` into it,
 so every block of output rows re-reads both halves of ``gate_up`` and recomputes the product;
 with few output rows per program and no split of the reduction, Qwen2.5-0.5B's down projection
-took 8.8 us per layer on an H100 for weights that take 2.6 us to read (BENCHMARKS.md, run 6);
-this kernel takes 5.3 us (run 7).
+took over three times the time its weights take to read (benchmarks/HISTORY.md, 6c2b8ac).
 Here each program owns a block of output rows and one split of the reduction, computes the
 activation once per tile for all its rows, and writes FP32 partial sums; the graph adds the few
 splits, which Inductor folds into the kernel that reads the result.
@@ -24,9 +23,9 @@ from triton_launch import has_pdl, launch, num_sms
 aten = torch.ops.aten
 MAX_SPLITS = 8  # Inductor unrolls a sum over at most 8 elements into the kernel that reads it
 SPLIT_MULTIPLE = 256  # each split's length is a multiple of the largest reduction tile
-# Widest output (hidden size) the rewrite takes. Measured on an H100 against Inductor's own
-# kernel (BENCHMARKS.md, run 7): faster at 896 rows (Qwen2.5-0.5B) and 1152 (Gemma 3 1B),
-# 2% slower at 2048 (Llama-3.2-1B), a tie at 4096 (Llama-3.1-8B); wider outputs give Inductor
+# Widest output (hidden size) the rewrite takes. Measured against Inductor's own kernel
+# (benchmarks/HISTORY.md, 849d1e5): faster at 896 rows (Qwen2.5-0.5B) and 1152 (Gemma 3 1B),
+# slower at 2048 (Llama-3.2-1B), a tie at 4096 (Llama-3.1-8B); wider outputs give Inductor
 # enough row blocks to fill the GPU without splitting the reduction.
 MAX_ROWS = 1152
 

@@ -13,8 +13,8 @@ export: next_token, fuse_linears; step graph: cache, split_k_decode, gated_down,
 layer_split; first graph: cache, layer_split (and split_bias with --tune all).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -77,7 +77,8 @@ PASSES = (
          lambda gm, g: cache_modes.MODES[g.config.cache].apply(
              gm, g.config.batch_size, g.max_len, inplace=g.config.backend != "tensorrt", fresh=g.kind == "first"),
          "the KV cache as graph inputs (and outputs where the backend cannot write in place)"),
-    Pass("split_k_decode", "graph", lambda g: g.config.decode_attention == "triton" and g.kind == "step", _split_k_decode,
+    Pass("split_k_decode", "graph", lambda g: g.config.decode_attention == "triton" and g.kind == "step",
+         _split_k_decode,
          "one-token attention on the split-K Triton kernel: SDPA keeps most SMs idle at batch 1"),
     Pass("gated_down", "graph", lambda g: g.config.gated_down and g.kind == "step", _gated_down,
          "the down projection of a gated MLP as one Triton kernel: Inductor's re-reads gate/up per row block"),

@@ -30,7 +30,9 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs)
     layers = len(export_llm.attention_nodes(gm))
     step, first = passes.Graph(config, max_len), passes.Graph(config, max_len, kind="first")
     # The first-prefill graph: the same module attributes (weights shared), its own graph.
-    first_gm = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph)) if cache_modes.MODES[config.cache].FIRST_GRAPH else None
+    first_gm = None
+    if cache_modes.MODES[config.cache].FIRST_GRAPH:
+        first_gm = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
     gm, step_notes = passes.run("graph", gm, step)
     line = f"passes: {', '.join(notes)}; step graph: {', '.join(step_notes) or 'none'}"
     if first_gm is not None:

@@ -7,8 +7,7 @@ cache passes (static_cache_v1/v2, dynamic_cache) find and rewrite.
 
 Two ops, both taking q, k, v as ``[B, H, S, D]`` and returning ``[B, Sq, Hq, D]``, the layout
 the output projection reads: flash and cuDNN attention write that layout already, so neither
-the op nor the model copies the result. (Two copies per layer there took 0.25 ms of a
-2048-token Llama-3.2-1B prefill on an H100; BENCHMARKS.md, run 6.)
+the op nor the model copies the result (benchmarks/HISTORY.md, ab2c29a).
 - ``tllm::attention(q, k, v, scale, window)``: causal aligned to the lower right (query i of
   Sq sits at absolute position Sk - Sq + i), optional sliding window. Used with no cache, with
   a concatenated cache, and over a prefix-sliced static cache.

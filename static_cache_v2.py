@@ -62,7 +62,8 @@ def _position_mask(graph, position, max_len, window, device):
     (and TensorRT's converters) handles them."""
     call = graph.call_function
     keys = call(aten.arange.start_step, (0, max_len, 1), {"dtype": torch.int64, "device": device})
-    distance = call(aten.sub.Tensor, (call(aten.unsqueeze.default, (position, 1)), call(aten.unsqueeze.default, (keys, 0))))
+    rows, columns = call(aten.unsqueeze.default, (position, 1)), call(aten.unsqueeze.default, (keys, 0))
+    distance = call(aten.sub.Tensor, (rows, columns))
     mask = call(aten.ge.Scalar, (distance, 0))
     if window > 0:
         mask = call(aten.logical_and.default, (mask, call(aten.lt.Scalar, (distance, window))))

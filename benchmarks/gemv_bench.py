@@ -8,7 +8,7 @@ Each variant runs back to back inside one CUDA graph over enough copies of the w
 that L2 cannot hold them, as in a real step where every layer has its own weights; the figure
 is microseconds per call, next to the time to read the weight at the datasheet 3.35 TB/s.
 This is the evidence behind ``backends.split_bias`` and behind not writing our own GEMVs
-(BENCHMARKS.md, run 4). Needs a CUDA GPU.
+(benchmarks/HISTORY.md, 7febb37). Needs a CUDA GPU.
 
     python3 benchmarks/gemv_bench.py [--json PATH]
 """
@@ -95,18 +95,20 @@ def main():
         us = graph_us_per_call(calls)
         results.append(dict(model=model, product=product, variant=variant, us=us,
                             floor_us=weight_bytes / DATASHEET_BYTES_PER_US))
-        print(f"{model:8} {product:7} {variant:34} {us:7.2f} us  (weight read {weight_bytes / DATASHEET_BYTES_PER_US:5.2f})",
-              flush=True)
+        floor = weight_bytes / DATASHEET_BYTES_PER_US
+        print(f"{model:8} {product:7} {variant:34} {us:7.2f} us  (weight read {floor:5.2f})", flush=True)
 
     def weights(rows, cols):
         copies = max(2, math.ceil(200e6 / (rows * cols * 2)))
         return [torch.randn(rows, cols, device=device, dtype=dtype) * 0.02 for _ in range(copies)]
 
     for model, hidden, mlp, qkv_width, has_bias in SHAPES:
-        x, residual, norm_weight = (torch.randn(n, device=device, dtype=dtype) for n in ((1, hidden), (1, hidden), hidden))
+        x, residual, norm_weight = (torch.randn(n, device=device, dtype=dtype)
+                                    for n in ((1, hidden), (1, hidden), hidden))
         # q/k/v
         ws, nbytes = weights(qkv_width, hidden), qkv_width * hidden * 2
-        bias, out = torch.randn(qkv_width, device=device, dtype=dtype), torch.empty(1, qkv_width, device=device, dtype=dtype)
+        bias = torch.randn(qkv_width, device=device, dtype=dtype)
+        out = torch.empty(1, qkv_width, device=device, dtype=dtype)
         if has_bias:
             report(model, "qkv", "cublas addmm", [lambda w=w: F.linear(x, w, bias) for w in ws], nbytes)
             report(model, "qkv", "inductor linear+bias", [lambda w=w: linear_bias(x, w, bias) for w in ws], nbytes)
@@ -115,17 +117,19 @@ def main():
         report(model, "qkv", "inductor mm", [lambda w=w: linear(x, w) for w in ws], nbytes)
         for bn, bk, warps in [(4, 512, 4), (2, 1024, 4), (1, 1024, 4), (2, 512, 4), (1, 2048, 8)]:
             report(model, "qkv", f"triton bn{bn} bk{bk} w{warps}" + (" +bias" if has_bias else ""),
-                   [lambda w=w: triton_gemv(x, w, out, bias if has_bias else None, block_n=bn, block_k=bk, warps=warps)
-                    for w in ws], nbytes)
+                   [lambda w=w: triton_gemv(x, w, out, bias if has_bias else None, block_n=bn, block_k=bk,
+                                            warps=warps) for w in ws], nbytes)
         # o
-        ws, nbytes, out = weights(hidden, hidden), hidden * hidden * 2, torch.empty(1, hidden, device=device, dtype=dtype)
+        ws, nbytes = weights(hidden, hidden), hidden * hidden * 2
+        out = torch.empty(1, hidden, device=device, dtype=dtype)
         report(model, "oproj", "cublas mm", [lambda w=w: F.linear(x, w) for w in ws], nbytes)
         report(model, "oproj", "inductor mm", [lambda w=w: linear(x, w) for w in ws], nbytes)
         for bn, bk, warps in [(4, 512, 4), (2, 1024, 4), (1, 1024, 4), (1, 2048, 8)]:
             report(model, "oproj", f"triton bn{bn} bk{bk} w{warps}",
                    [lambda w=w: triton_gemv(x, w, out, block_n=bn, block_k=bk, warps=warps) for w in ws], nbytes)
         # gate/up, with the RMSNorm Inductor fuses in front of it
-        ws, nbytes, out = weights(2 * mlp, hidden), 2 * mlp * hidden * 2, torch.empty(1, mlp, device=device, dtype=dtype)
+        ws, nbytes = weights(2 * mlp, hidden), 2 * mlp * hidden * 2
+        out = torch.empty(1, mlp, device=device, dtype=dtype)
         report(model, "gateup", "cublas mm", [lambda w=w: F.linear(x, w) for w in ws], nbytes)
         report(model, "gateup", "inductor mm", [lambda w=w: linear(x, w) for w in ws], nbytes)
         report(model, "gateup", "inductor add+norm+mm (model)",
@@ -137,7 +141,8 @@ def main():
                    nbytes)
         # down, with the SiLU(gate) x up Inductor fuses in front of it
         ws, nbytes, out = weights(hidden, mlp), hidden * mlp * 2, torch.empty(1, hidden, device=device, dtype=dtype)
-        gate_up, act = torch.randn(1, 2 * mlp, device=device, dtype=dtype), torch.randn(1, mlp, device=device, dtype=dtype)
+        gate_up = torch.randn(1, 2 * mlp, device=device, dtype=dtype)
+        act = torch.randn(1, mlp, device=device, dtype=dtype)
         report(model, "down", "cublas mm", [lambda w=w: F.linear(act, w) for w in ws], nbytes)
         report(model, "down", "inductor mm", [lambda w=w: linear(act, w) for w in ws], nbytes)
         report(model, "down", "inductor silu*up+mm (model)", [lambda w=w: glu_linear(gate_up, w) for w in ws], nbytes)
