@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from generate import greedy, prefill
-from utils import locked, log, write_atomic
+from utils import UserError, locked, log, write_atomic
 
 # Datasheet memory bandwidth (bytes/s) by the name torch reports, for the bandwidth floor.
 CARD_BANDWIDTH = {
@@ -176,13 +176,14 @@ def run(gen, input_ids, config, model, vision=None, embed=None, decode_positions
         greedy(gen, token, config.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
 
     ttfts, steps, e2es = timed_runs("pipeline", config, once)
-    if config.profile:
-        profile(once, config.profile, device)
+    problem = profile(once, config.profile, device) if config.profile else None
     stats = summarize(ttfts, steps, e2es, config.batch_size, _step_bytes(model, input_ids, config, gen.dtype), device)
     if vision is not None:
         vision_ms = [c.elapsed_ms()[0] for c in vision_clocks[config.warmup:config.warmup + config.iterations]]
         stats["vision_ms"] = statistics.median(vision_ms)
         stats["prefill_ms"] = statistics.median(t - v for t, v in zip(ttfts, vision_ms))
+    if problem:
+        stats["profile_error"] = f"--profile {config.profile}: {problem}"
     log_summary("pipeline", stats)
     return stats
 
@@ -196,7 +197,8 @@ def log_summary(name, stats):
 
 def profile(run_once, trace_path, device):
     """One more generation under torch.profiler: prints the kernels that take the time and
-    writes a Chrome trace (open in Perfetto) to ``trace_path``."""
+    writes a Chrome trace (open in Perfetto) to ``trace_path``. Returns why the trace was not
+    written, or None."""
     from torch.profiler import ProfilerActivity
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -206,8 +208,14 @@ def profile(run_once, trace_path, device):
             torch.cuda.synchronize()
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=25))
-    prof.export_chrome_trace(trace_path)
+    try:
+        prof.export_chrome_trace(trace_path)
+        if Path(trace_path).stat().st_size == 0:
+            return "the trace is empty"
+    except OSError as e:
+        return f"the trace was not written ({e.strerror or e})"
     log(f"wrote profiler trace {trace_path}")
+    return None
 
 
 class _TokenClock:
@@ -303,7 +311,7 @@ def _fmt(value, digits=2):
 
 
 def report(result, config):
-    """Print a table (stdout) and append rows to --results_csv (the file is rewritten whole)."""
+    """Print the table (stdout); cli.write_result appends its rows to --results_csv."""
     table = rows(result)
     ours = table[0]
     print(f"\n{result['model']}  {ours['precision']}  batch {ours['batch_size']}  ISL {ours['isl']}  "
@@ -325,14 +333,26 @@ def report(result, config):
           + (f", peak memory {ours['peak_memory_gb']:.2f} GB" if ours.get("peak_memory_gb") else ""))
     if len(table) > 1:
         print("speedup = baseline TPOT / pipeline TPOT")
-    if config.results_csv:
-        append_csv(config.results_csv, table)
+
+
+def check_csv(path):
+    """One UserError line if the CSV at ``path`` has other columns than the rows we append:
+    two schemas in one file would misread every later row."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return ""
+    old = path.read_text()
+    header = next(csv.reader(io.StringIO(old)), [])
+    if header != CSV_FIELDS:
+        raise UserError(f"--results_csv {path}: its columns are not this version's ({len(header)} against "
+                        f"{len(CSV_FIELDS)}); name a new file")
+    return old
 
 
 def append_csv(path, new_rows):
     path = Path(path)
     with locked(path):
-        old = path.read_text() if path.exists() else ""
+        old = check_csv(path)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if not old:

@@ -3,14 +3,17 @@ the top-level error handling that turns bad input into one line and a non-zero e
 
 import argparse
 import functools
+import json
 import sys
+from pathlib import Path
 
 import torch
 
 import backends
+import benchmark
 import cache_modes
 import config
-from utils import PRECISIONS, UserError, log, write_json
+from utils import PRECISIONS, UserError, log, write_json, write_problem
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -67,12 +70,12 @@ def add_common_args(parser):
     )
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--benchmark", action="store_true", help="time prefill and decode on random prompt ids")
-    parser.add_argument("--isl", type=positive_int, default=2048,
-                        help="benchmark prompt length (input sequence length)")
-    parser.add_argument("--iterations", type=positive_int, default=5, help="timed benchmark iterations")
-    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed benchmark iterations first")
+    parser.add_argument("--isl", type=positive_int,
+                        help="benchmark prompt length (input sequence length; default 2048)")
+    parser.add_argument("--iterations", type=positive_int, help="timed benchmark iterations (default 5)")
+    parser.add_argument("--warmup", type=non_negative_int, help="untimed benchmark iterations first (default 1)")
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
-    parser.add_argument("--baseline", nargs="+", default=["hf_generate"], choices=(*config.BASELINES, "all"),
+    parser.add_argument("--baseline", nargs="+", choices=(*config.BASELINES, "all"),
                         help="which baselines --enable_pytorch_run measures, one or more (default hf_generate; "
                              "all: the three)")
     parser.add_argument("--profile", metavar="TRACE_JSON",
@@ -86,8 +89,47 @@ def run_config(args, model_type, vision_language=False):
     """The parsed flags as a resolved RunConfig (defaults for this model type filled in)."""
     fields = dict(vars(args))
     fields["chat_template"] = not fields.pop("no_chat_template")
-    fields["baselines"] = tuple(fields.pop("baseline"))
+    baselines = fields.pop("baseline")
+    fields["baselines"] = tuple(baselines) if baselines else None
+    check_outputs(args.output_json, args.results_csv, args.profile)
     return config.resolve(model_type, vision_language=vision_language, **fields)
+
+
+def check_outputs(output_json, results_csv, profile):
+    """Refuse, before any work, output files that could not be written: a run is never lost to
+    a bad path at its end."""
+    outputs = {flag: path for flag, path in (("--output_json", output_json), ("--results_csv", results_csv),
+                                               ("--profile", profile)) if path}
+    seen = {}
+    for flag, path in outputs.items():
+        same = seen.setdefault(Path(path).resolve(), flag)
+        if same != flag:
+            raise UserError(f"{same} and {flag} name the same file {path}")
+        problem = write_problem(path)
+        if problem:
+            raise UserError(f"{flag} {path}: {problem}")
+    if results_csv:
+        benchmark.check_csv(results_csv)
+
+
+def write_result(result, run):
+    """Write --results_csv and --output_json. Where one fails the others are written anyway and
+    the record goes to stdout, then one line says what failed (exit 2)."""
+    failed = [result["benchmark"]["profile_error"]] if "profile_error" in result.get("benchmark", {}) else []
+    if run.results_csv and "benchmark" in result:
+        try:
+            benchmark.append_csv(run.results_csv, benchmark.rows(result))
+        except (OSError, UserError) as e:
+            failed.append(f"--results_csv {run.results_csv}: {e.strerror if isinstance(e, OSError) else e}")
+    if run.output_json:
+        try:
+            write_json(run.output_json, result)
+            log(f"wrote {run.output_json}")
+        except OSError as e:
+            failed.append(f"--output_json {run.output_json}: {e.strerror or e}")
+    if failed:
+        print(json.dumps(result, indent=2))
+        raise UserError("; ".join(failed) + " (the results are printed above)")
 
 
 def cli_main(main):
@@ -110,9 +152,3 @@ def cli_main(main):
             sys.exit(130)
 
     return wrapper
-
-
-def write_result(result, config):
-    if config.output_json:
-        write_json(config.output_json, result)
-        log(f"wrote {config.output_json}")

