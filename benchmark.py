@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from files import locked, write_atomic
 from generate import greedy, prefill
-from utils import UserError, locked, log, write_atomic
+from utils import UserError, log
 
 # Datasheet memory bandwidth (bytes/s) by the name torch reports, for the bandwidth floor.
 CARD_BANDWIDTH = {

@@ -13,7 +13,8 @@ import backends
 import benchmark
 import cache_modes
 import config
-from utils import PRECISIONS, UserError, log, write_json, write_problem
+from files import write_json, write_problem
+from utils import PRECISIONS, UserError, log
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -15,7 +15,8 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import register_sdpa
-from utils import UserError, folder_problem, log
+from files import folder_problem
+from utils import UserError, log
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CACHE_DIR = Path(os.environ.get("TLLM_CACHE", Path.home() / ".cache" / "tllm"))

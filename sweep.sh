@@ -10,6 +10,9 @@
 # a cell that runs longer (a slow baseline compile, say) and records it as failed, with what it
 # had measured by then. GPUS="0 1 2 3" runs one cell per listed GPU at a time (each cell sees
 # only its GPU, and gets an equal share of the CPU cores where taskset exists), in grid order.
+# Ctrl-C (SIGINT) or SIGTERM stops the running cells at once and records them as interrupted.
+# Exit status: 0 when every cell ran, 1 when some failed (the last line says how many), 2 for
+# an output folder that cannot be written, 130 when interrupted.
 set -uo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -24,7 +27,11 @@ ARGS=${ARGS:-"--random_weights --cudagraph --iterations 5"}
 CELL_TIMEOUT=${CELL_TIMEOUT:-0}  # 0: no limit
 GPUS=${GPUS:-}  # empty: one cell at a time, on whatever devices the environment shows
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-mkdir -p "$OUT/cells" "$OUT/logs"
+if ! mkdir -p "$OUT/cells" "$OUT/logs" 2> /dev/null || ! touch "$OUT/.probe.$$" 2> /dev/null; then
+  echo "error: OUT=$OUT: cannot write there" >&2
+  exit 2
+fi
+rm -f "$OUT/.probe.$$"
 
 cells=()
 for model in $MODELS; do for backend in $BACKENDS; do for cache in $CACHES; do
@@ -41,18 +48,28 @@ run_cell() {  # index, then the lane's command prefix (its GPU and cores)
                    --num_tokens "$NUM_TOKENS" --benchmark $ARGS)
   [[ " $ARGS " == *" --cudagraph "* && "$cache" != static_v2 ]] && cell_args=("${cell_args[@]/--cudagraph}")
   echo "[sweep] $((index + 1))/${#cells[@]}: $name${GPU:+ (GPU $GPU)}" >&2
+  # In the background, so that the lane's trap runs (and stops it) the moment a stop arrives.
   "$@" timeout "$CELL_TIMEOUT" "$PYTHON" run_llm.py "${cell_args[@]}" --output_json "$OUT/cells/$name.json" \
-    --results_csv "$OUT/results.csv" > "$OUT/logs/$name.out" 2> "$OUT/logs/$name.log"
-  local status=$?
+    --results_csv "$OUT/results.csv" > "$OUT/logs/$name.out" 2> "$OUT/logs/$name.log" &
+  cell=$!
+  wait "$cell"
+  local status=$? again
+  if (( stopping )); then  # the trap cut the wait short: wait for the stopped cell to end
+    wait "$cell" 2> /dev/null
+    again=$?
+    (( again != 127 )) && status=$again
+  fi
+  cell=
   if [[ $status == 0 ]]; then
     "$PYTHON" sweep_report.py --append "$OUT/results.jsonl" --cell="$OUT/cells/$name.json"
     return 0
   fi
-  local error
+  local error measured
+  measured=$(tr '\r' '\n' < "$OUT/logs/$name.log" | grep -oE '\[tllm\] [a-z_]+: TTFT.*' | cut -c8- | paste -sd ';')
   if [[ $status == 124 ]]; then
-    local measured
-    measured=$(tr '\r' '\n' < "$OUT/logs/$name.log" | grep -oE '\[tllm\] [a-z_]+: TTFT.*' | cut -c8- | paste -sd ';')
     error="timed out after ${CELL_TIMEOUT} s${measured:+ (measured: $measured)}"
+  elif (( stopping )); then
+    error="interrupted${measured:+ (measured: $measured)}"
   else
     error=$(grep -m1 '^error:' "$OUT/logs/$name.log" || tail -n1 "$OUT/logs/$name.log")
   fi
@@ -65,6 +82,13 @@ run_cell() {  # index, then the lane's command prefix (its GPU and cores)
 lane() {  # lane number, lane count, GPU (empty: none pinned): every count-th cell from the lane's number
   local number=$1 count=$2 failed=0 prefix=()
   GPU=$3
+  # The sweep's own trap stops its lanes with SIGTERM; a lane passes it to its running cell
+  # (timeout hands it on to run_llm.py), records the cell as interrupted and runs no more. A
+  # lane and its children ignore SIGINT, which reaches them too (one process group) and would
+  # otherwise kill the lane before it records anything.
+  stopping=0 cell=
+  trap '' INT
+  trap 'stopping=1; [[ -n $cell ]] && kill -TERM "$cell" 2> /dev/null' TERM
   if [[ -n $GPU ]]; then
     prefix=(env CUDA_VISIBLE_DEVICES="$GPU")
     local share=$(($(nproc) / count))
@@ -73,19 +97,36 @@ lane() {  # lane number, lane count, GPU (empty: none pinned): every count-th ce
     fi
   fi
   for ((i = number; i < ${#cells[@]}; i += count)); do
+    (( stopping )) && break
     run_cell "$i" "${prefix[@]}" || failed=$((failed + 1))
   done
   echo "$failed" > "$OUT/.failed.$$.$number"
 }
 
+interrupted=0
+lanes=()
+stop_lanes() {
+  interrupted=1
+  echo "[sweep] interrupted: stopping the running cells" >&2
+  kill -TERM "${lanes[@]}" 2> /dev/null
+}
+trap stop_lanes INT TERM
 gpus=($GPUS)
-if (( ${#gpus[@]} )); then
-  for number in "${!gpus[@]}"; do lane "$number" "${#gpus[@]}" "${gpus[$number]}" & done
-  wait
-else
-  lane 0 1 ""
-fi
+(( ${#gpus[@]} )) || gpus=("")
+for number in "${!gpus[@]}"; do
+  lane "$number" "${#gpus[@]}" "${gpus[$number]}" &
+  lanes+=($!)
+done
+for pid in "${lanes[@]}"; do
+  while kill -0 "$pid" 2> /dev/null; do wait "$pid"; done  # a trap ends a wait early: wait again
+done
+trap - INT TERM
 failed=0
 for count in "$OUT"/.failed.$$.*; do failed=$((failed + $(cat "$count"))); rm -f "$count"; done
 "$PYTHON" sweep_report.py --report "$OUT"
+if (( interrupted )); then
+  echo "[sweep] interrupted; ${#cells[@]} cells, $failed failed or stopped; see $OUT/results.md" >&2
+  exit 130
+fi
 echo "[sweep] ${#cells[@]} cells, $failed failed; see $OUT/results.md and $OUT/tpot.png" >&2
+(( failed == 0 )) || exit 1

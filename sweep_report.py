@@ -7,9 +7,10 @@
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from utils import locked, write_atomic
+from files import locked, write_atomic
 
 COLUMNS = [("model", "model"), ("runner", "runner"), ("backend", "backend"), ("cache", "cache"),
            ("precision", "prec"), ("isl", "ISL"), ("ttft_ms", "TTFT ms"), ("tpot_p50_ms", "TPOT p50 ms"),
@@ -45,8 +46,15 @@ def fmt(value):
 
 def report(folder):
     folder = Path(folder)
-    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
-    table = rows(records)
+    table = []
+    for number, line in enumerate((folder / "results.jsonl").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            table += rows([json.loads(line)])
+        except (ValueError, KeyError, TypeError, AttributeError):  # cut short, or not a cell's record
+            print(f"[sweep] warning: {folder / 'results.jsonl'} line {number} is damaged; left out of the table",
+                  file=sys.stderr)
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(row.get(key)) for key, _ in COLUMNS) + " |" for row in table]
     write_atomic(folder / "results.md", "\n".join(lines) + "\n")

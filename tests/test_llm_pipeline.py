@@ -13,8 +13,19 @@ import register_sdpa
 import run_llm
 from export_llm import LastLogits
 from generate import Generator, greedy, prefill
-from tiny import (CACHE_MODES, CPU, DECODE, FAMILIES, PROMPT, TOL, build, four_layers, rewritten_graph,
-                  teacher_forced_errors, tiny_pair)
+from tiny import (
+    CACHE_MODES,
+    CPU,
+    DECODE,
+    FAMILIES,
+    PROMPT,
+    TOL,
+    build,
+    four_layers,
+    rewritten_graph,
+    teacher_forced_errors,
+    tiny_pair,
+)
 
 
 @pytest.mark.parametrize("cache", CACHE_MODES)
@@ -147,8 +158,9 @@ def test_split_bias_keeps_the_function(family, products):
 def test_tuning_flush_reaches_inductors_benchmarker():
     """flush_past_the_launch relies on Inductor's benchmarker reading an instance value of
     L2_cache_size for its flush size; a torch that stops doing so fails here."""
-    import backends
     from torch._inductor.runtime.benchmarking import benchmarker
+
+    import backends
 
     saved = benchmarker.__dict__.pop("L2_cache_size", None)
     try:
