@@ -25,9 +25,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, PreTrainedConfig, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    AutoConfig,
+    PreTrainedConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 import models
+from export_llm import LastLogits
 from utils import UserError, log
 
 ARCHITECTURES = {"Eagle2ChatModel"}
@@ -92,7 +100,8 @@ def tile_grid(width, height, tile, min_tiles=1, max_tiles=12):
     best, best_score = (1, 1), -math.inf
     for columns, rows in candidates:
         grid_aspect = columns / rows
-        score = min(columns * rows * tile * tile / (width * height), 0.6) * min(grid_aspect / aspect, aspect / grid_aspect)
+        coverage = min(columns * rows * tile * tile / (width * height), 0.6)
+        score = coverage * min(grid_aspect / aspect, aspect / grid_aspect)
         if score > best_score:
             best, best_score = (columns, rows), score
     return best
@@ -103,7 +112,8 @@ def tile_image(image, tile, min_tiles=1, max_tiles=12, thumbnail=True):
     the whole image as one more tile when there are several."""
     columns, rows = tile_grid(image.width, image.height, tile, min_tiles, max_tiles)
     resized = image.resize((columns * tile, rows * tile), Image.Resampling.BICUBIC)
-    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(columns)]
+    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
+             for r in range(rows) for c in range(columns)]
     if thumbnail and len(tiles) > 1:
         tiles.append(image.resize((tile, tile), Image.Resampling.BICUBIC))
     return tiles
@@ -241,18 +251,6 @@ def load_original_state_dict(model, state):
         )
 
 
-class EmbedsLM(nn.Module):
-    """The language model on embeddings: ``(inputs_embeds [B,S,H], position_ids [B,S])`` ->
-    logits of the last position [B,1,V]."""
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, inputs_embeds, position_ids):
-        return self.lm(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False, logits_to_keep=1).logits
-
-
 def with_image_tokens(tokenizer):
     """The tokenizer, with Eagle2's three image tokens added where it lacks them (the offline
     Qwen tokenizer; a snapshot's own tokenizer has them)."""
@@ -265,12 +263,12 @@ def with_image_tokens(tokenizer):
 
 
 class Eagle2VL:
-    """Everything run_vlm.py needs from one Eagle2 model (see qwen_vl.QwenVL for the other)."""
+    """Eagle2 as a ``vision_language.VisionLanguageModel``. ``set_image`` keeps the image's tiles
+    for the calls that follow."""
 
     name = "Eagle2"
     default_vision = "compile"  # the tile shape is fixed, so the compiled encoder always applies
     position_seq_dim = 1  # plain 1-D positions [B, S]
-    decode_positions = None
 
     def __init__(self, model, tokenizer, source, max_tiles=None):
         self.model, self.source = model, source
@@ -278,9 +276,10 @@ class Eagle2VL:
         self.text_config = model.config.llm_config
         self.tokenizer = with_image_tokens(tokenizer) if tokenizer is not None else None
         self.max_tiles = max_tiles or self.config.max_dynamic_patch
-        self.lm_module = EmbedsLM(model.language_model)
+        self.lm_module = LastLogits(model.language_model, "inputs_embeds")
         self.text_model = model.language_model
-        self.pixel_values = None
+        self.pixel_values = self.rope_deltas = None
+        self.num_image_tokens = 0
 
     @classmethod
     def load(cls, model, random_weights, dtype, device, max_tiles=None):
@@ -308,7 +307,9 @@ class Eagle2VL:
         return self.token_id(IMG_CONTEXT)
 
     # -- image and prompt ---------------------------------------------------------------------
-    def set_image(self, image, compiled=True):
+    def set_image(self, image, compiled=False):
+        """Cut a PIL image into tiles: pixel_values [T, 3, S, S] (float32). Tiles have one size, so
+        the compiled vision encoder applies whatever ``compiled`` says."""
         c = self.config
         if c.dynamic_image_size:
             tiles = tile_image(image, c.image_size, c.min_dynamic_patch, self.max_tiles, c.use_thumbnail)
@@ -336,14 +337,19 @@ class Eagle2VL:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def eos_ids(self):
-        ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>")}  # the template's separator
-        for source in (self.text_config, self.tokenizer):
-            value = getattr(source, "eos_token_id", None)
-            ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
-        return sorted(i for i in ids if i is not None)
+        separator = self.token_id("<|im_end|>")  # the chat template's end of a turn (None: not in the vocabulary)
+        return sorted(set(models.eos_ids(self.text_config, self.tokenizer)) | ({separator} - {None}))
 
+    # -- positions ----------------------------------------------------------------------------
     def positions(self, input_ids):
-        return None  # text positions
+        """Text positions [B, S] (the language model is Qwen2's, with 1-D RoPE): no rope delta."""
+        batch, length = input_ids.shape
+        self.rope_deltas = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
+        return torch.arange(length, device=input_ids.device).expand(batch, length)
+
+    def decode_positions(self, length):
+        """Positions of the next token after ``length`` cached ones: [B, 1], each ``length``."""
+        return (self.rope_deltas + length)[:, None]
 
     # -- vision encoder -----------------------------------------------------------------------
     def vision_inputs(self, batch_size, device):

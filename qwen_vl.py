@@ -17,8 +17,8 @@ pad tokens expanded, M-RoPE positions, the language model as an exportable modul
   tables, one batched SDPA per block. It is exported and compiled for that one resolution.
   The reorganisation is exact: run by PyTorch (``--backend eager``) its features are bitwise
   equal to the Hugging Face module's, in FP32 on CPU (tests/test_vlm.py) and in BF16 on an
-  H100. Inductor's fused kernels then round differently (FP32 on the H100: max abs difference
-  1.6e-5 on features of magnitude 6), as any compiler's would.
+  H100. Inductor's fused kernels then round differently, as any compiler's would: close to
+  the eager features, no longer bitwise equal.
 """
 
 import json
@@ -75,8 +75,8 @@ def _fetch_image(image):
 
 
 class QwenVL:
-    """Everything run_vlm.py needs from one Qwen2.5-VL model (see eagle2.Eagle2VL for the other).
-    One image per run: ``set_image`` keeps its pixels and grid for the calls that follow."""
+    """Qwen2.5-VL as a ``vision_language.VisionLanguageModel``. ``set_image`` keeps the image's
+    pixels and patch grid for the calls that follow."""
 
     name = "Qwen2.5-VL"
     default_vision = "eager"
@@ -89,6 +89,7 @@ class QwenVL:
         self.processor = image_processor(source)
         self.lm_module = self.text_model = LanguageModel(hf)
         self.pixel_values = self.grid_thw = self.rope_deltas = None
+        self.num_image_tokens = 0
 
     @classmethod
     def load(cls, model, random_weights, dtype, device, max_tiles=None):
@@ -146,7 +147,7 @@ class QwenVL:
         """Token ids of one user turn: the image (its pad token repeated once per merged patch),
         then the question, in Qwen2.5-VL's chat format (its template's output for one image)."""
         c = self.config
-        image = [c.vision_start_token_id] + [c.image_token_id] * self.num_image_tokens + [c.vision_end_token_id]
+        image = [c.vision_start_token_id] + [self.image_token_id] * self.num_image_tokens + [c.vision_end_token_id]
         if not chat:
             return image + list(question_ids)
         before = self.encode_text(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n")
@@ -157,17 +158,17 @@ class QwenVL:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def eos_ids(self):
-        ids = set()
-        for source in (self.hf.generation_config, self.config, self.text_config, self.tokenizer):
-            value = getattr(source, "eos_token_id", None) if source is not None else None
-            ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
-        return sorted(ids)
+        return models.eos_ids(self.hf.generation_config, self.config, self.text_config, self.tokenizer)
+
+    @property
+    def image_token_id(self):
+        return self.config.image_token_id
 
     # -- positions ----------------------------------------------------------------------------
     def positions(self, input_ids):
         """M-RoPE positions (3, B, S) of the prompt, from the model's own ``get_rope_index``;
         remembers each row's rope delta for decode."""
-        token_types = (input_ids == self.config.image_token_id).int()
+        token_types = (input_ids == self.image_token_id).int()
         grids = self.grid_thw.repeat(input_ids.shape[0], 1).to(input_ids.device)  # one image per row
         position_ids, deltas = self.hf.model.get_rope_index(input_ids, token_types, grids)
         self.rope_deltas = deltas.view(-1).to(input_ids.device)
@@ -218,7 +219,7 @@ class QwenVL:
         """Token embeddings with the image features in place of the image pad tokens
         (``masked_scatter``, as the Hugging Face model does)."""
         embeds = self.embed_tokens(input_ids)
-        mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
+        mask = (input_ids == self.image_token_id).unsqueeze(-1)
         return embeds.masked_scatter(mask, features.to(embeds.dtype))
 
     # -- baselines ----------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class QwenVL:
         extra = dict(
             pixel_values=pixels.reshape(-1, pixels.shape[-1]),
             image_grid_thw=self.grid_thw.repeat(input_ids.shape[0], 1).to(input_ids.device),
-            mm_token_type_ids=(input_ids == self.config.image_token_id).int(),  # without it, 1-D positions
+            mm_token_type_ids=(input_ids == self.image_token_id).int(),  # without it, 1-D positions
         )
         return self.hf, lambda: extra
 
@@ -277,7 +278,10 @@ class StaticVisionEncoder(nn.Module):
         with torch.no_grad():
             position_ids = get_vision_position_ids(grid, visual.spatial_merge_size).to(device)
             cos, sin = visual.rotary_pos_emb(torch.empty(0, device=device), position_ids)
-        order = lambda t: t.reshape(-1, self.merge_unit, t.shape[-1])[window_index.to(device)].reshape(t.shape)
+
+        def order(t):
+            return t.reshape(-1, self.merge_unit, t.shape[-1])[window_index.to(device)].reshape(t.shape)
+
         # Rotary tables stay in float32 (the eager path computes them in float32 too).
         self.register_buffer("cos", order(cos).float(), persistent=False)
         self.register_buffer("sin", order(sin).float(), persistent=False)
@@ -300,7 +304,10 @@ class StaticVisionEncoder(nn.Module):
         images, n, dim = x.shape
         q, k, v = attn.qkv(x).reshape(images, n, 3, attn.num_heads, -1).permute(2, 0, 1, 3, 4).unbind(0)
         q, k = apply_rotary_pos_emb_vision(q, k, self.cos, self.sin)
-        groups = lambda t: t.reshape(images * n // span, span, attn.num_heads, -1).transpose(1, 2)
+
+        def groups(t):
+            return t.reshape(images * n // span, span, attn.num_heads, -1).transpose(1, 2)
+
         out = F.scaled_dot_product_attention(groups(q), groups(k), groups(v), scale=attn.scaling)
         return attn.proj(out.transpose(1, 2).reshape(images, n, dim))
 

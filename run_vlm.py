@@ -21,15 +21,14 @@ import eagle2
 import export_llm
 import models
 import passes
-import qwen_vl
 from config import VISION_MODES, RunConfig
 from pipeline import build_generator, generate_text, run_record
 from utils import UserError, log, resolve_device
+from vision_language import VisionLanguageModel, model_family
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_PROMPT = "Describe this image."
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.png"  # made by assets/make_sample.py
-FAMILIES = {"qwen2_5_vl": qwen_vl.QwenVL, eagle2.Eagle2Config.model_type: eagle2.Eagle2VL}
 TEXT_TOKENS = 151643  # ids below this are plain text in the Qwen2 vocabulary (both models use it)
 
 
@@ -49,20 +48,11 @@ def load_image(path):
     except PermissionError:
         raise UserError(f"--image_path {path}: permission denied") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"--image_path {path}: cannot read the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--image_path {path}: cannot read the image ({why})") from None
 
 
-def model_family(config):
-    family = FAMILIES.get(config.model_type)
-    if family is None:
-        raise UserError(
-            f"--model: {config.model_type!r} is not a vision-language model run_vlm.py supports "
-            "(Qwen2.5-VL, Eagle2; use run_llm.py for text models)"
-        )
-    return family
-
-
-def build_vision(vlm, mode, config):
+def build_vision(vlm: VisionLanguageModel, mode, config):
     """A callable returning the image features [B, tokens, H], eager or exported and compiled.
     Returns it, the mode that applies, and its compile time (seconds)."""
     pixels = vlm.vision_inputs(config.batch_size, config.torch_device)
@@ -98,7 +88,7 @@ def build_vision(vlm, mode, config):
     return encode, mode, compile_s
 
 
-def example_inputs(vlm, batch_size, hidden, dtype, device):
+def example_inputs(vlm: VisionLanguageModel, batch_size, hidden, dtype, device):
     """Fresh (inputs_embeds, position_ids) of a given length, as export wants them."""
 
     def make(length):
@@ -111,7 +101,7 @@ def example_inputs(vlm, batch_size, hidden, dtype, device):
     return make
 
 
-def prompt_input_ids(vlm, config):
+def prompt_input_ids(vlm: VisionLanguageModel, config):
     """[B, S] prompt ids: the image and the prompt (or, with --benchmark, random text ids that
     fill the prompt up to --isl tokens)."""
     chat = config.chat_template

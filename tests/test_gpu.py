@@ -13,16 +13,19 @@ import copy
 
 import pytest
 import torch
-import transformers
 
-import eagle2
-import models
-import qwen_vl
 import register_sdpa
-import run_vlm
 from generate import greedy, prefill
-from test_vlm import config_from, run_pipeline, tiny_eagle_config, tiny_qwen_config, vlm_config
 from tiny import CACHE_MODES, DECODE, FAMILIES, PROMPT, build, four_layers, tiny_pair
+from tiny_vlm import (
+    eagle_family,
+    qwen_family,
+    run_pipeline,
+    sample_image,
+    tiny_eagle_model,
+    tiny_qwen_model,
+    vlm_config,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -152,16 +155,10 @@ VLM_CONFIGS = [("eager", False), ("inductor", True)]
 def test_qwen_vl_bf16_matches_fp32(backend, cudagraph, vision):
     """Tiny Qwen2.5-VL, BF16 pipeline (M-RoPE, 24 tokens) vs Hugging Face's eager model in FP32 on
     the same sequence, image included."""
-    config = config_from(tiny_qwen_config())
-    torch.manual_seed(0)
-    fp32 = transformers.Qwen2_5_VLForConditionalGeneration._from_config(
-        config, attn_implementation="eager", dtype=torch.float32).eval().to(CUDA)
+    fp32 = tiny_qwen_model().to(CUDA)
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    ours = copy.deepcopy(bf16)
-    ours.set_attn_implementation({"": register_sdpa.ATTN_IMPLEMENTATION,
-                                  "text_config": register_sdpa.ATTN_IMPLEMENTATION, "vision_config": "sdpa"})
-    vlm = qwen_vl.QwenVL(ours, models.load_tokenizer(None, config), None)
-    vlm.set_image(run_vlm.load_image(run_vlm.SAMPLE_IMAGE), compiled=vision == "compile")
+    vlm = qwen_family(copy.deepcopy(bf16))
+    vlm.set_image(sample_image(), compiled=vision == "compile")
     run = vlm_config("cuda", backend, "BF16", vision=vision, cudagraph=cudagraph)
     input_ids, logits, tokens = run_pipeline(vlm, run)
     sequence = torch.cat([input_ids, tokens[:, :-1]], 1)
@@ -170,7 +167,7 @@ def test_qwen_vl_bf16_matches_fp32(backend, cudagraph, vision):
         with torch.no_grad():
             out = model(input_ids=sequence, pixel_values=vlm.pixel_values.to(CUDA, model.dtype),
                         image_grid_thw=vlm.grid_thw.to(CUDA),
-                        mm_token_type_ids=(sequence == config.image_token_id).int())
+                        mm_token_type_ids=(sequence == vlm.image_token_id).int())
         return out.logits[:, input_ids.shape[1] - 1:].float()
 
     check_against_fp32(torch.stack(logits, 1), reference(fp32), reference(bf16),
@@ -181,12 +178,10 @@ def test_qwen_vl_bf16_matches_fp32(backend, cudagraph, vision):
 def test_eagle2_bf16_matches_fp32(backend, cudagraph):
     """Tiny Eagle2, BF16 pipeline (compiled tile encoder, 13 tiles) vs the project's eager model
     in FP32 on the same sequence."""
-    config = config_from(tiny_eagle_config())
-    torch.manual_seed(0)
-    fp32 = eagle2.Eagle2Model.from_config(config, register_sdpa.ATTN_IMPLEMENTATION, torch.float32).to(CUDA)
+    fp32 = tiny_eagle_model().to(CUDA)
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    vlm = eagle2.Eagle2VL(copy.deepcopy(bf16), models.load_tokenizer(None, config.llm_config), None)
-    vlm.set_image(run_vlm.load_image(run_vlm.SAMPLE_IMAGE))
+    vlm = eagle_family(copy.deepcopy(bf16))
+    vlm.set_image(sample_image())
     input_ids, logits, tokens = run_pipeline(vlm, vlm_config("cuda", backend, "BF16", cudagraph=cudagraph))
     sequence = torch.cat([input_ids, tokens[:, :-1]], 1)
     pixels = vlm.vision_inputs(1, CUDA)

@@ -1,114 +1,105 @@
-"""Vision-language models (run_vlm.py, qwen_vl.py, eagle2.py) on tiny random-weight configs.
+"""Vision-language models (run_vlm.py, vision_language.py, qwen_vl.py, eagle2.py) on tiny
+random-weight configs (tests/tiny_vlm.py).
 
+- Both families implement vision_language.VisionLanguageModel: every member, of the same kind
+  and with the same parameters.
 - Qwen2.5-VL: the pipeline's logits and greedy tokens on an image prompt equal Hugging Face's
   own generate() (prefill and 24 decode steps) in every cache mode, with M-RoPE positions; the
   compiled fixed-resolution vision encoder equals the eager one.
 - Eagle2: the exported pipeline equals the project's eager implementation; tiling equals the
   original algorithm; original-layout weights load through the key renames.
-- The CLI with the bundled image, a model folder, --benchmark JSON, and each bad image input.
+- The CLI (``run_vlm.main`` in process) with the bundled image, a model folder, --benchmark
+  JSON, and each bad image input (one error line, exit code 2).
 """
 
+import inspect
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
-import config
 import eagle2
-import models
-import qwen_vl
 import register_sdpa
 import run_vlm
-from generate import greedy, prefill
-from pipeline import build_generator
 from tiny import CACHE_MODES
+from tiny_vlm import (
+    NEW_TOKENS,
+    QWEN_ATTENTION,
+    eagle_family,
+    qwen_family,
+    run_pipeline,
+    sample_image,
+    tiny_eagle_config,
+    tiny_eagle_model,
+    tiny_qwen_config,
+    tiny_qwen_model,
+    vlm_config,
+)
+from vision_language import VisionLanguageModel
 
 ROOT = Path(__file__).resolve().parent.parent
-NEW_TOKENS = 24
-
-
-def tiny_qwen_config():
-    """Qwen2.5-VL at toy width, real patch geometry (14 px patches, 2x2 merge, 112 px windows,
-    so the sample image has 768 patches and 192 image tokens), and an M-RoPE split that
-    covers the tiny head (8 rotary pairs: 2 temporal, 3 height, 3 width)."""
-    data = json.loads(models.BUNDLED_CONFIGS["Qwen/Qwen2.5-VL-3B-Instruct"].read_text())
-    data.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2)
-    data["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
-    data["vision_config"].update(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                                 fullatt_block_indexes=[1, 3])
-    return data
-
-
-def tiny_eagle_config():
-    """Eagle2 at toy width: 56 px tiles of 4x4 patches -> 4 tokens per tile after the shuffle."""
-    data = json.loads(models.BUNDLED_CONFIGS["nvidia/Eagle2-2B"].read_text())
-    data["force_image_size"] = 56
-    data["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 image_size=56)
-    data["llm_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2)
-    return data
-
-
-def config_from(data):
-    return transformers.CONFIG_MAPPING[data["model_type"]].from_dict(data)
-
-
-def vlm_config(device="cpu", backend="eager", precision="FP32", **fields):
-    """A resolved RunConfig for a VLM pipeline (the model type only sets defaults)."""
-    return config.resolve("qwen2_5_vl", vision_language=True, device=device, backend=backend, precision=precision,
-                          **fields)
 
 
 @pytest.fixture(scope="module")
 def sample():
-    return run_vlm.load_image(run_vlm.SAMPLE_IMAGE)
+    return sample_image()
 
 
 @pytest.fixture(scope="module")
 def qwen(sample):
-    config = config_from(tiny_qwen_config())
-    torch.manual_seed(0)
-    hf = transformers.Qwen2_5_VLForConditionalGeneration._from_config(
-        config, attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=torch.float32
-    ).eval()
-    hf.model.visual.set_attn_implementation("sdpa")
-    vlm = qwen_vl.QwenVL(hf, models.load_tokenizer(None, config), None)
+    vlm = qwen_family(tiny_qwen_model())
     vlm.set_image(sample)
     return vlm
 
 
-def run_pipeline(vlm, run, num_tokens=NEW_TOKENS):
-    """The run_vlm.py flow in process for the RunConfig ``run``: vision, export + passes, prefill,
-    greedy. Returns the prompt ids, the first logits, every decode step's logits and the tokens."""
-    input_ids = run_vlm.prompt_input_ids(vlm, run)
-    positions = vlm.positions(input_ids)
-    encode, _, _ = run_vlm.build_vision(vlm, run.vision if run.vision != "auto" else vlm.default_vision, run)
-    embeds = vlm.embed(input_ids, encode())
-    max_len = input_ids.shape[1] + num_tokens
-    make = run_vlm.example_inputs(vlm, run.batch_size, vlm.text_config.hidden_size, run.dtype, run.torch_device)
-    gen, _ = build_generator(vlm.lm_module, make, (1, vlm.position_seq_dim), run, max_len, (embeds, positions))
-    first_logits, first_token = prefill(gen, embeds, positions, run.prefill_chunk)
-    logits = [first_logits]
-    step = gen.step
+@pytest.fixture(scope="module")
+def eagle(sample):
+    vlm = eagle_family(tiny_eagle_model())
+    vlm.set_image(sample)
+    return vlm
 
-    def record(x, position_ids=None):
-        out = step(x, position_ids)
-        logits.append(out[0])
-        return out
 
-    gen.step = record
-    tokens = greedy(gen, first_token, num_tokens, embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
-    return input_ids, logits, tokens
+def kind(member):
+    """What a member is: a class method, a property, a method or data."""
+    if isinstance(member, classmethod):
+        return "class method"
+    if isinstance(member, property):
+        return "property"
+    return "method" if inspect.isfunction(member) else "data"
+
+
+def parameters(member):
+    function = member.__func__ if isinstance(member, classmethod) else member
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+INTERFACE = {name: "data" for name in VisionLanguageModel.__annotations__} | {
+    name: kind(member) for name, member in vars(VisionLanguageModel).items()
+    if not name.startswith("_") and kind(member) != "data"
+}
+
+
+@pytest.mark.parametrize("name", ["qwen", "eagle"])
+def test_family_implements_the_interface(name, request):
+    """Every member of VisionLanguageModel is there, of the same kind, with the same parameters."""
+    vlm = request.getfixturevalue(name)
+    assert set(INTERFACE.values()) == {"data", "method", "property", "class method"}
+    for member, expected in INTERFACE.items():
+        ours = inspect.getattr_static(vlm, member)
+        assert kind(ours) == expected, member
+        if expected in ("method", "class method"):
+            assert parameters(ours) == parameters(vars(VisionLanguageModel)[member]), member
+
+
+def test_eos_ids_hold_the_turn_end(qwen, eagle):
+    """Both chat templates end a turn with <|im_end|>: generation stops there."""
+    for vlm in (qwen, eagle):
+        assert vlm.tokenizer.convert_tokens_to_ids("<|im_end|>") in vlm.eos_ids()
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +111,12 @@ def qwen_reference(qwen):
     try:
         out = hf.generate(
             input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=qwen.pixel_values,
-            image_grid_thw=qwen.grid_thw, mm_token_type_ids=(input_ids == hf.config.image_token_id).int(),
+            image_grid_thw=qwen.grid_thw, mm_token_type_ids=(input_ids == qwen.image_token_id).int(),
             max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
             return_dict_in_generate=True, pad_token_id=0,
         )
     finally:
-        hf.set_attn_implementation({"": register_sdpa.ATTN_IMPLEMENTATION, "text_config": register_sdpa.ATTN_IMPLEMENTATION,
-                                    "vision_config": "sdpa"})
+        hf.set_attn_implementation(QWEN_ATTENTION)
     return input_ids, torch.stack(out.logits, 1), out.sequences[:, input_ids.shape[1]:]
 
 
@@ -135,7 +125,7 @@ def test_qwen_matches_hugging_face(qwen, qwen_reference, cache):
     ref_ids, ref_logits, ref_tokens = qwen_reference
     input_ids, logits, tokens = run_pipeline(qwen, vlm_config(cache=cache))
     assert torch.equal(input_ids, ref_ids)
-    assert (input_ids == qwen.config.image_token_id).sum() == 192
+    assert (input_ids == qwen.image_token_id).sum() == 192
     assert len(logits) == NEW_TOKENS  # prefill + 23 decode steps (the last token needs none)
     torch.testing.assert_close(torch.stack(logits, 1), ref_logits[:, :len(logits)], rtol=1e-4, atol=1e-5)
     assert torch.equal(tokens, ref_tokens)
@@ -145,12 +135,20 @@ def test_qwen_positions_are_mrope(qwen):
     """The image's tokens get 2-D (height, width) positions; decode continues from the rope delta."""
     input_ids = run_vlm.prompt_input_ids(qwen, vlm_config())
     positions = qwen.positions(input_ids)
-    image = (input_ids[0] == qwen.config.image_token_id).nonzero().view(-1)
+    image = (input_ids[0] == qwen.image_token_id).nonzero().view(-1)
     t, h, w = positions[:, 0, image]
     assert t.unique().numel() == 1 and h.unique().numel() == 12 and w.unique().numel() == 16  # 336x448 px / 28
     assert positions.max() + 1 < input_ids.shape[1]  # the image is 12x16 tokens but spans 16 positions
     nxt = qwen.decode_positions(input_ids.shape[1])
     assert nxt.shape == (3, 1, 1) and (nxt == positions.max() + 1).all()
+
+
+def test_eagle_positions_are_text_positions(eagle):
+    """Eagle2's language model takes 1-D text positions; decode continues at the cache length."""
+    input_ids = run_vlm.prompt_input_ids(eagle, vlm_config(batch_size=2))
+    length = input_ids.shape[1]
+    assert torch.equal(eagle.positions(input_ids), torch.arange(length).expand(2, length))
+    assert torch.equal(eagle.decode_positions(length), torch.full((2, 1), length))
 
 
 def test_qwen_compiled_vision_equals_eager(qwen, sample):
@@ -221,16 +219,6 @@ def test_eagle_pixel_shuffle_matches_original():
     assert torch.equal(eagle2.pixel_shuffle(x, 0.5), expected)
 
 
-@pytest.fixture(scope="module")
-def eagle(sample):
-    config = config_from(tiny_eagle_config())
-    torch.manual_seed(0)
-    model = eagle2.Eagle2Model.from_config(config, register_sdpa.ATTN_IMPLEMENTATION, torch.float32)
-    vlm = eagle2.Eagle2VL(model, models.load_tokenizer(None, config.llm_config), None)
-    vlm.set_image(sample)
-    return vlm
-
-
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_eagle_pipeline_matches_eager(eagle, cache):
     """Exported + compiled (eager backend) vision encoder and language model with a KV cache vs
@@ -291,10 +279,15 @@ def test_eagle_loads_original_layout(eagle, tmp_path):
 
 
 # -- the command line -----------------------------------------------------------------------
-def cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(ROOT / "run_vlm.py"), "--device", "cpu", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def cli(capsys, *args):
+    """``run_vlm.main`` in process on the CPU: (exit code, stdout, stderr)."""
+    try:
+        run_vlm.main(["--device", "cpu", *args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -304,38 +297,38 @@ def qwen_folder(tmp_path_factory):
     return folder
 
 
-def test_cli_qwen_bundled_image(qwen_folder, tmp_path):
+def test_cli_qwen_bundled_image(qwen_folder, tmp_path, capsys):
     out = tmp_path / "out.json"
-    done = cli("--model", str(qwen_folder), "--random_weights", "--num_tokens", "8", "--vision", "compile",
-               "--output_json", str(out))
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = cli(capsys, "--model", str(qwen_folder), "--random_weights", "--num_tokens", "8",
+                          "--vision", "compile", "--output_json", str(out))
+    assert code == 0, stderr
     result = json.loads(out.read_text())
     assert result["image"].endswith("assets/sample.png") and result["image_tokens"] == 192
     assert result["vision"] == "compile" and result["backend"] == "eager" and result["cache"] == "static_v2"
     assert len(result["generated_token_ids"][0]) <= 8 and isinstance(result["generated_text"][0], str)
-    assert "vision encoder: exported" in done.stderr
+    assert "vision encoder: exported" in stderr
 
 
-def test_cli_eagle_folder_benchmark(eagle, tmp_path):
+def test_cli_eagle_folder_benchmark(eagle, tmp_path, capsys):
     """A snapshot folder in the original layout, --benchmark with the baseline: the JSON splits
     TTFT into the vision encoder and prefill."""
     save_file(original_layout(eagle.model), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(tiny_eagle_config()))
     out = tmp_path / "bench.json"
-    done = cli("--model", str(tmp_path), "--benchmark", "--isl", "96", "--num_tokens", "4", "--iterations", "2",
-               "--enable_pytorch_run", "--output_json", str(out))
-    assert done.returncode == 0, done.stderr
+    code, stdout, stderr = cli(capsys, "--model", str(tmp_path), "--benchmark", "--isl", "96", "--num_tokens", "4",
+                               "--iterations", "2", "--enable_pytorch_run", "--output_json", str(out))
+    assert code == 0, stderr
     result = json.loads(out.read_text())
     stats = result["benchmark"]
     assert result["vision"] == "compile" and result["image_tokens"] == 13 * 4 and result["isl"] == 96
     assert stats["vision_ms"] > 0 and stats["prefill_ms"] > 0
     assert math.isclose(stats["ttft_ms"], stats["vision_ms"] + stats["prefill_ms"], rel_tol=0.35)
     assert set(result["baselines"]) == {"hf_generate"}
-    assert "TTFT = vision encoder" in done.stdout
+    assert "TTFT = vision encoder" in stdout
 
 
 @pytest.mark.parametrize("case", ["missing", "folder", "not_an_image", "truncated", "unreadable"])
-def test_cli_bad_image(case, tmp_path):
+def test_cli_bad_image(case, tmp_path, capsys):
     path = tmp_path / "image.png"
     if case == "folder":
         path = tmp_path
@@ -348,7 +341,8 @@ def test_cli_bad_image(case, tmp_path):
             pytest.skip("root reads any file")
         path.write_bytes((ROOT / "assets" / "sample.png").read_bytes())
         path.chmod(0)
-    done = cli("--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--random_weights", "--image_path", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: --image_path {path}"), done.stderr
+    code, _, stderr = cli(capsys, "--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--random_weights", "--image_path",
+                          str(path))
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --image_path {path}"), stderr
