@@ -133,6 +133,16 @@ def write_result(result, run):
         raise UserError("; ".join(failed) + " (the results are printed above)")
 
 
+def command(parse, run):
+    """A CLI's ``main(argv)``: ``run(parse(argv))``, with bad input ending in one line."""
+
+    @cli_main
+    def main(argv=None):
+        run(parse(argv))
+
+    return main
+
+
 def cli_main(main):
     """Run ``main(argv)``; bad input and known failures end in one line on stderr."""
 

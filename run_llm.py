@@ -90,9 +90,7 @@ def run(config: RunConfig) -> dict:
     return result
 
 
-@cli.cli_main
-def main(argv=None):
-    run(parse(argv))
+main = cli.command(parse, run)
 
 
 if __name__ == "__main__":
