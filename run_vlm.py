@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import backends
 import benchmark
@@ -41,8 +41,11 @@ def load_image(path):
         raise UserError(f"--image_path {path}: is a folder, not an image file")
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:  # animated GIF/WebP/PNG, or a multi-page TIFF
+                log(f"--image_path {path}: {frames} frames; only the first is used")
+            image.load()  # the first frame: Image.open leaves the file there
+            return _to_rgb(ImageOps.exif_transpose(image))  # as the camera was held (EXIF orientation 1-8)
     except Image.UnidentifiedImageError:
         raise UserError(f"--image_path {path}: not an image file (PNG, JPEG, WebP, ... expected)") from None
     except PermissionError:
@@ -50,6 +53,28 @@ def load_image(path):
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"--image_path {path}: cannot read the image ({why})") from None
+
+
+# Samples wider than 8 bits, scaled to 0..255 with rounding (a plain convert would clip them):
+# "I;16*" and "I" as 0..65535, the range Pillow gives 16-bit PNG/TIFF ("I;16") and PGM of any maxval
+# ("I", scaled to 0..65535), so 65535 -> 255 and 32768 -> 128; "F" as 0.0..1.0, the usual range of
+# float images. Values outside the range (negative, 32-bit integers above 65535, floats above 1) saturate.
+_WIDE_SCALE = {"I": 255 / 65535, "F": 255}
+
+
+def _to_rgb(image):
+    """An opened image of any mode as RGB."""
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    if image.mode in _WIDE_SCALE:
+        scale = _WIDE_SCALE[image.mode]
+        image = image.point(lambda v: v * scale + 0.5).convert("L")  # + 0.5 rounds: Pillow truncates
+    if image.has_transparency_data:  # alpha band, or a transparent palette index / colour
+        # Over white, as viewers and documents show transparent images (qwen-vl-utils does the same):
+        # dropping alpha instead would show whatever colour the transparent pixels hold, often black.
+        white = Image.new("RGBA", image.size, "white")
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, ...: Pillow's conversions
 
 
 def build_vision(vlm: VisionLanguageModel, mode, config):
