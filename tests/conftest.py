@@ -1,8 +1,54 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Without a CUDA GPU, our Triton kernels run under Triton's CPU interpreter. triton.jit reads
+# TRITON_INTERPRET when it decorates a kernel (Triton 3.6: runtime/jit.py, knobs.runtime.interpret),
+# that is when decode_attention or gated_down is first imported, so it is set here, before any test
+# module is collected. With a GPU it stays unset: the GPU tests run the compiled kernels (and
+# torch.cuda.is_available() only counts devices; it creates no CUDA context).
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture
+def triton_device(monkeypatch):
+    """Where a Triton kernel test runs: on the GPU, compiled, or without one on the CPU under the
+    interpreter. Skips where triton is not installed."""
+    pytest.importorskip("triton", reason="the kernels are written in Triton (comes with CUDA builds of torch)")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return torch.device("cuda")
+    import triton.runtime.interpreter as interpreter
+
+    # Triton 3.6's interpreter holds a scalar as a one-element array, which numpy 2.4 no longer
+    # turns into an int: a loop bounded by a loaded value (the new token's position) needs this.
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def _patch_lang_tensor(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", _patch_lang_tensor)
+    return torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A saved tiny Llama (weights, no tokenizer), as a local folder a user would pass."""
+    import transformers
+
+    from tiny import tiny_config
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(tiny_config("llama")).save_pretrained(folder)
+    return folder

@@ -1,5 +1,7 @@
 """run_llm.py as a user runs it: the bundled default model's answer, the JSON it writes, the
-benchmark's JSON/CSV on CPU, and one clear line with a non-zero exit for each bad input."""
+benchmark's JSON/CSV on CPU, and one clear line with a non-zero exit for each bad input. Runs
+``run_llm.main(argv)`` in this process, except where the process is the point: the hub settings
+read at import and concurrent appends (several processes). sweep.sh's tests: test_sweep.py."""
 
 import csv
 import json
@@ -13,34 +15,44 @@ import torch
 import transformers
 
 import models
-import sweep_report
-from tiny import tiny_config
+import run_llm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args, script="run_llm.py", env=None):
+def run_main(capsys, *args):
+    """``run_llm.main(args)`` in this process: (stdout, stderr)."""
+    run_llm.main(list(args))
+    return capsys.readouterr()
+
+
+def failing_main(capsys, *args):
+    """``run_llm.main(args)``, which must exit non-zero: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_llm.main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def error_line(stderr):
+    """The one ``error:`` line of a failed run's stderr (and no traceback)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def run_cli(*args, env=None):
+    """run_llm.py in a new process, for what is read at import (the hub's settings)."""
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *args],
+        [sys.executable, os.path.join(ROOT, "run_llm.py"), *args],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    """A saved tiny Llama (weights, no tokenizer), as a local folder a user would pass."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(tiny_config("llama")).save_pretrained(folder)
-    return folder
-
-
-def test_default_model_answers_paris_like_transformers(tmp_path):
+def test_default_model_answers_paris_like_transformers(tmp_path, capsys):
     out = tmp_path / "run.json"
-    result = run_cli("--cache", "static_v2", "--output_json", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
+    stdout, _ = run_main(capsys, "--cache", "static_v2", "--output_json", str(out))
+    assert "Paris" in stdout
     data = json.loads(out.read_text())
     for key in ("model", "backend", "cache", "precision", "device", "input_token_ids", "generated_token_ids",
                 "generated_text", "versions"):
@@ -56,37 +68,36 @@ def test_default_model_answers_paris_like_transformers(tmp_path):
     assert data["generated_token_ids"][0] == expected[0, prompt.shape[1]:].tolist()
 
 
-def test_benchmark_json_and_csv_on_cpu(tiny_llama_dir, tmp_path):
+def test_benchmark_json_and_csv_on_cpu(tiny_llama_dir, tmp_path, capsys):
     out, table = tmp_path / "bench.json", tmp_path / "results.csv"
     common = ["--model", str(tiny_llama_dir), "--benchmark", "--isl", "16", "--num_tokens", "6", "--iterations", "2",
               "--warmup", "0", "--results_csv", str(table)]
-    first = run_cli(*common, "--output_json", str(out), "--enable_pytorch_run", "--baseline", "all")
-    assert first.returncode == 0, first.stderr
+    stdout, stderr = run_main(capsys, *common, "--output_json", str(out), "--enable_pytorch_run", "--baseline", "all")
     data = json.loads(out.read_text())
     bench = data["benchmark"]
     for key in ("ttft_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "decode_tokens_per_s", "e2e_ms",
-                "achieved_gb_per_s", "card"):
+                "achieved_gb_per_s", "card", "peak_memory_gb"):
         assert key in bench, key
     assert bench["card"] == "CPU" and 0 < bench["tpot_p50_ms"] <= bench["tpot_p99_ms"]
+    assert bench["peak_memory_gb"] > 0  # the process's peak resident memory: the same fields as on a GPU
     assert set(data["baselines"]) == {"hf_generate", "hf_compile", "no_cache"}
     assert {"export_s", "compile_s"} <= set(data["timings_s"])
-    assert "speedup" in first.stdout and "hf_generate" in first.stdout
-    assert "pipeline: TTFT" in first.stderr and "no_cache: TTFT" in first.stderr  # logged as measured
+    assert "speedup" in stdout and "hf_generate" in stdout
+    assert "pipeline: TTFT" in stderr and "no_cache: TTFT" in stderr  # logged as measured
 
-    second = run_cli(*common, "--cache", "static_v1", "--enable_pytorch_run", "--baseline", "no_cache", "hf_generate")
-    assert second.returncode == 0, second.stderr
+    run_main(capsys, *common, "--cache", "static_v1", "--enable_pytorch_run", "--baseline", "no_cache", "hf_generate")
     rows = list(csv.DictReader(table.open()))
     assert [r["runner"] for r in rows] == ["pipeline", "hf_generate", "hf_compile", "no_cache",
                                            "pipeline", "no_cache", "hf_generate"]
     assert rows[4]["cache"] == "static_v1" and float(rows[4]["tpot_p50_ms"]) > 0
 
 
-def test_failed_run_keeps_earlier_results(tiny_llama_dir, tmp_path):
+def test_failed_run_keeps_earlier_results(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "keep.json"
     out.write_text('{"earlier": true}\n')
-    result = run_cli("--model", str(tiny_llama_dir), "--benchmark", "--isl", "131000", "--num_tokens", "100",
-                     "--output_json", str(out))
-    assert result.returncode == 2
+    status, stderr = failing_main(capsys, "--model", str(tiny_llama_dir), "--benchmark", "--isl", "131000",
+                                  "--num_tokens", "100", "--output_json", str(out))
+    assert status == 2 and "positions" in error_line(stderr)
     assert json.loads(out.read_text()) == {"earlier": True}
 
 
@@ -99,7 +110,8 @@ def corrupt_config_dir(tmp_path):
 
 def bert_dir(tmp_path):
     folder = tmp_path / "bert"
-    transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config.save_pretrained(folder)
     return folder
 
 
@@ -142,13 +154,11 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_clear_line(case, tmp_path):
+def test_bad_input_is_one_clear_line(case, tmp_path, capsys):
     make_args, message = BAD_INPUTS[case]
-    result = run_cli(*make_args(tmp_path))
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    status, stderr = failing_main(capsys, *make_args(tmp_path))
+    assert status == 2, stderr  # argparse's errors and UserError alike
+    assert message in error_line(stderr), stderr
 
 
 NO_HUB = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # a hub endpoint that refuses connections
@@ -171,8 +181,8 @@ def test_cached_hub_model_runs_without_the_hub(tiny_llama_dir, tmp_path):
     shutil.copytree(tiny_llama_dir, repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    result = run_cli("--model", "acme/tiny-llama", "--benchmark", "--isl", "8", "--num_tokens", "2", "--iterations", "1",
-                     env={**NO_HUB, "HF_HOME": str(tmp_path)})
+    result = run_cli("--model", "acme/tiny-llama", "--benchmark", "--isl", "8", "--num_tokens", "2",
+                     "--iterations", "1", env={**NO_HUB, "HF_HOME": str(tmp_path)})
     assert result.returncode == 0 and "Retrying" not in result.stderr, result.stderr
     assert "using the local Hugging Face cache only" in result.stderr
 
@@ -186,47 +196,6 @@ def test_tensorrt_absent_is_explained(monkeypatch):
         backends.choose_backend("tensorrt", torch.device("cuda"))
     assert backends.choose_backend("auto", torch.device("cuda")) == "inductor"
     assert backends.choose_backend("auto", torch.device("cpu")) == "eager"
-
-
-def test_sweep_records_failures_and_keeps_earlier_results(tiny_llama_dir, tmp_path):
-    env = {"PYTHON": sys.executable, "OUT": str(tmp_path / "sweep"), "MODELS": str(tiny_llama_dir),
-           "BACKENDS": "eager", "CACHES": "static_v2 bogus", "ISLS": "8", "NUM_TOKENS": "3",
-           "ARGS": "--iterations 1 --warmup 0"}
-    for _ in range(2):
-        result = subprocess.run(["bash", os.path.join(ROOT, "sweep.sh")], capture_output=True, text=True,
-                                timeout=600, env={**os.environ, **env})
-        assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
-    assert len(records) == 4  # the second sweep appended; nothing was lost
-    assert sum("error" in r for r in records) == 2 and "--cache" in records[1]["error"]
-    assert records[0]["benchmark"]["tpot_p50_ms"] > 0
-    table = (tmp_path / "sweep" / "results.md").read_text()
-    assert "FAILED" in table and "pipeline" in table
-    assert (tmp_path / "sweep" / "tpot.png").stat().st_size > 1000
-
-    env.update(CACHES="static_v2", CELL_TIMEOUT="1")  # too short to even load: recorded, not hung
-    result = subprocess.run(["bash", os.path.join(ROOT, "sweep.sh")], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **env})
-    assert result.returncode == 0 and "1 failed" in result.stderr, result.stderr
-    last = json.loads((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()[-1])
-    assert last["error"].startswith("timed out after 1 s")
-
-
-def test_sweep_over_gpu_lanes_loses_no_rows(tiny_llama_dir, tmp_path):
-    """GPUS="0 1": two lanes at once (on CPU the GPU ids change nothing), each cell recorded
-    once in the JSONL and the CSV."""
-    out = tmp_path / "sweep"
-    env = {"PYTHON": sys.executable, "OUT": str(out), "MODELS": str(tiny_llama_dir), "BACKENDS": "eager",
-           "CACHES": "static_v2 dynamic", "ISLS": "8 9", "NUM_TOKENS": "3", "ARGS": "--iterations 1 --warmup 0",
-           "GPUS": "0 1"}
-    result = subprocess.run(["bash", os.path.join(ROOT, "sweep.sh")], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **env})
-    assert result.returncode == 0 and "4 cells, 0 failed" in result.stderr, result.stderr
-    assert "(GPU 0)" in result.stderr and "(GPU 1)" in result.stderr
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted((r["cache"], r["isl"]) for r in records) == [("dynamic", 8), ("dynamic", 9), ("static_v2", 8),
-                                                                ("static_v2", 9)]
-    assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
 
 
 def _append_rows(path, writer):
@@ -250,15 +219,3 @@ def test_concurrent_csv_appends_keep_every_row(tmp_path):
     assert all(worker.exitcode == 0 for worker in workers)
     assert sorted(row["model"] for row in csv.DictReader(path.open())) == sorted(
         f"{w}-{i}" for w in range(6) for i in range(20))
-
-
-def test_sweep_plot_keeps_every_backend_and_cache():
-    """A grid has several pipeline rows per model and ISL: each backend + cache is its own bar."""
-    common = dict(model="org/m", isl=128, precision="BF16")
-    table = [dict(common, runner="pipeline", backend="inductor", cache="static_v2", tpot_p50_ms=1.0),
-             dict(common, runner="pipeline", backend="eager", cache="dynamic", tpot_p50_ms=3.0),
-             dict(common, runner="hf_generate", backend="pytorch", cache="hf dynamic", tpot_p50_ms=9.0),
-             {"model": "cell", "runner": "FAILED", "backend": "error"}]
-    series = sweep_report.bar_series(table)
-    assert list(series) == ["ours eager dynamic", "ours inductor static_v2", "hf_generate"]
-    assert series["ours inductor static_v2"] == {"m\nISL 128 BF16": 1.0}

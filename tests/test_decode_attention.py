@@ -1,0 +1,46 @@
+"""``tllm::decode_attention``, the split-K decode kernel, against masked SDPA in FP32: several
+splits of several tiles and their merge, one split, grouped heads, a sliding window, the first
+position, head dims of 64, 80 (padded), 128 and 256; its PDL twin's fake output (what Inductor
+allocates for it) matches the real one. Without a GPU under Triton's interpreter (conftest.py),
+with one compiled; skipped where triton is not installed."""
+
+import pytest
+import torch
+
+import register_sdpa
+
+pytest.importorskip("triton", reason="the kernel is written in Triton (comes with CUDA builds of torch)")
+import decode_attention  # noqa: E402  (needs triton)
+
+# batch, query heads, K/V heads, head dim, cache length, new token's position, window, keys per split
+CASES = {
+    "splits of four tiles each, grouped heads": (1, 4, 2, 64, 512, 400, 0, 256),
+    "sliding window narrower than the visible keys": (2, 8, 2, 128, 192, 100, 64, 32),
+    "a 256-wide head (Gemma 3), 3 heads per K/V head": (1, 3, 1, 256, 96, 95, 0, 32),
+    "one split over five tiles, the last one partial; head dim 80": (1, 2, 2, 80, 300, 299, 0, 1024),
+    "the first position: one visible key": (1, 2, 2, 64, 64, 0, 0, 32),
+}
+
+
+@pytest.fixture
+def device(triton_device, monkeypatch):
+    # The split plans above are for an H100's 132 SMs (the interpreter has no GPU to ask).
+    monkeypatch.setattr(decode_attention, "num_sms", lambda index: 132)
+    # On a GPU, FP32 products in tl.dot default to TF32; the reference is exact FP32.
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "ieee")
+    return triton_device
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decode_attention_matches_masked_sdpa(case, device):
+    b, hq, hkv, d, keys, position, window, per_split = CASES[case]
+    torch.manual_seed(0)
+    q = torch.randn(b, hq, 1, d, device=device)
+    k, v = (torch.randn(b, hkv, keys, d, device=device) for _ in range(2))
+    position = torch.tensor([position], device=device)
+    got = decode_attention.attend(q, k, v, position, d**-0.5, window, min_keys_per_split=per_split)
+    mask = register_sdpa.visible_keys(position, keys, window)
+    want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, d**-0.5).transpose(1, 2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    fake = decode_attention._decode_attention_pdl_fake(q, k, v, position, d**-0.5, window)
+    assert (fake.shape, fake.stride(), fake.dtype) == (got.shape, got.stride(), got.dtype)
