@@ -17,8 +17,6 @@ import shutil
 import stat
 
 import pytest
-import torch
-import transformers
 
 import cli
 import models
@@ -28,13 +26,9 @@ from tiny import tiny_config
 BENCH = ["--benchmark", "--isl", "8", "--num_tokens", "3", "--iterations", "1", "--warmup", "0"]
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A saved tiny Llama (weights, no tokenizer), as a local folder a user would pass."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(tiny_config("llama")).save_pretrained(folder)
-    return folder
+@pytest.fixture
+def tiny_llama(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 @pytest.fixture
