@@ -47,7 +47,11 @@ def parse(argv=None) -> RunConfig:
     args = cli.add_common_args(cli.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     args.device = str(resolve_device(args.device))  # before anything slow: no GPU fails at once
     model_config = models.load_config(args.model, args.random_weights)
-    return cli.run_config(args, model_config.model_type)
+    config = cli.run_config(args, model_config.model_type)
+    if config.benchmark:  # the prompt's length is known: refuse now, not after loading the weights
+        models.check_positions(model_config, config.isl + config.num_tokens,
+                               f"{config.isl} prompt tokens + {config.num_tokens} new tokens")
+    return config
 
 
 def run(config: RunConfig) -> dict:

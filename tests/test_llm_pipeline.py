@@ -216,7 +216,7 @@ def test_inductor_backend_matches_transformers(cache, by_layer, monkeypatch):
     layer_split = dataclasses.replace(passes.PASSES[-1], when=lambda g: by_layer and g.language)
     assert layer_split.name == "layer_split"
     monkeypatch.setattr(passes, "PASSES", (*passes.PASSES[:-1], layer_split))
-    ours, ref = tiny_pair("llama", num_hidden_layers=4)
+    ours, ref = tiny_pair("llama", num_hidden_layers=4 if by_layer else 2)
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
     gen = build(ours, sequence[:, :PROMPT], cache, backend="inductor")
     # A generation right after the build compiles nothing more (a recompile would land in the
@@ -235,7 +235,8 @@ def test_graph_reexports_for_tensorrt(cache):
     lengths, and the exported program computes what the graph computes at other lengths."""
     import tensorrt_backend
 
-    ours, _ = tiny_pair("gemma3")
+    # one sliding layer and one global: both masks, at a third of the default tiny model's export time
+    ours, _ = tiny_pair("gemma3", num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
     max_len = PROMPT + DECODE
     gm = rewritten_graph(ours, cache, max_len, backend="tensorrt")
     calls = []
