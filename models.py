@@ -52,7 +52,7 @@ def offline_tokenizer_dir(config):
 VISION_LANGUAGE_TYPES = {"qwen2_5_vl", "eagle_chat"}
 
 
-def _check_architecture(config, supported):
+def check_architecture(config, supported=TEXT_ARCHITECTURES):
     archs = getattr(config, "architectures", None) or []
     if supported is TEXT_ARCHITECTURES and config.model_type in VISION_LANGUAGE_TYPES:
         raise UserError(f"{archs[0] if archs else config.model_type} is a vision-language model: use run_vlm.py")
@@ -170,6 +170,14 @@ def override_tokenizer(name_or_dir, config):
     if tokenizer is None:
         raise UserError(f"--tokenizer {name_or_dir}: no tokenizer found there")
     return tokenizer
+
+
+def prompt_tokenizer(model, random_weights, override, config):
+    """The tokenizer for a prompt, found before any weights load: ``override`` (--tokenizer),
+    the model's own, or the offline one that matches its vocabulary; None if there is none."""
+    if override:
+        return override_tokenizer(override, config)
+    return load_tokenizer(None if random_weights else source_of(model)[0], config)
 
 
 def require_tokenizer(tokenizer, model):
@@ -313,11 +321,12 @@ def check_memory(config, auto_class, dtype, device, label, from_host):
                             f"{str(dtype).removeprefix('torch.')}, but {free / 1e9:.1f} GB of {where} is free")
 
 
-def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURES, auto_class=AutoModelForCausalLM):
+def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURES, auto_class=AutoModelForCausalLM,
+               with_tokenizer=True):
     """Returns (model in eval mode on device, tokenizer or None, the folder or id it came from)."""
     config = load_config(model, random_weights)
     model, label = (model, f"--model {model}") if random_weights and model in BUNDLED_CONFIGS else source_of(model)
-    _check_architecture(config, supported)
+    check_architecture(config, supported)
     check_memory(config, auto_class, dtype, device, label, from_host=not random_weights)
     kwargs = dict(attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=dtype)
     if random_weights:
@@ -332,5 +341,5 @@ def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURE
             hf = auto_class.from_pretrained(model, **kwargs)
         except (OSError, ValueError, RuntimeError) as e:
             raise UserError(f"{label}: cannot load weights ({str(e).splitlines()[0]})") from e
-    tokenizer = load_tokenizer(None if random_weights else model, config)
+    tokenizer = load_tokenizer(None if random_weights else model, config) if with_tokenizer else None
     return hf.to(device).eval(), tokenizer, model

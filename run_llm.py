@@ -47,36 +47,35 @@ def parse(argv=None) -> RunConfig:
     args = cli.add_common_args(cli.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     args.device = str(resolve_device(args.device))  # before anything slow: no GPU fails at once
     model_config = models.load_config(args.model, args.random_weights)
-    config = cli.run_config(args, model_config.model_type)
-    if config.benchmark:  # the prompt's length is known: refuse now, not after loading the weights
-        models.check_positions(model_config, config.isl + config.num_tokens,
-                               f"{config.isl} prompt tokens + {config.num_tokens} new tokens")
-    return config
+    return cli.run_config(args, model_config.model_type)
 
 
 def run(config: RunConfig) -> dict:
     """Load, build, then generate or benchmark; returns the run's JSON record (also written to
     --output_json)."""
     device = config.torch_device
-    log(f"loading {config.model_name} ({'random weights' if config.random_weights else 'weights'}, "
-        f"{config.precision}, {device})")
-    start = time.perf_counter()
-    model, tokenizer, source = models.load_model(config.model, config.random_weights, config.dtype, device)
-    if config.tokenizer:
-        tokenizer = models.override_tokenizer(config.tokenizer, model.config)
-    load_s = time.perf_counter() - start
-
-    if config.benchmark:
-        input_ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.isl), device=device)
-    else:
+    model_config = models.load_config(config.model, config.random_weights)
+    models.check_architecture(model_config)
+    tokenizer = None
+    # The prompt first: a tokenizer or prompt that cannot work fails before the weights load.
+    if not config.benchmark:
+        tokenizer = models.prompt_tokenizer(config.model, config.random_weights, config.tokenizer, model_config)
         models.require_tokenizer(tokenizer, config.model_name)
         input_ids = encode_prompt(tokenizer, config.prompt or DEFAULT_PROMPT, config.chat_template,
                                   config.batch_size, device)
-        models.check_token_ids(input_ids, model.config,
+        models.check_token_ids(input_ids, model_config,
                                f"--tokenizer {config.tokenizer}" if config.tokenizer else "the model's tokenizer")
-    prompt_len = input_ids.shape[1]
+    prompt_len = config.isl if config.benchmark else input_ids.shape[1]
     max_len = prompt_len + config.num_tokens
-    models.check_positions(model.config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
+    models.check_positions(model_config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
+    log(f"loading {config.model_name} ({'random weights' if config.random_weights else 'weights'}, "
+        f"{config.precision}, {device})")
+    start = time.perf_counter()
+    model, _, source = models.load_model(config.model, config.random_weights, config.dtype, device,
+                                         with_tokenizer=False)
+    load_s = time.perf_counter() - start
+    if config.benchmark:  # (drawn after the weights, from the generator their seed left, as before)
+        input_ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.isl), device=device)
 
     make_inputs = text_inputs(config.batch_size, model.config.vocab_size, device)
     gen, timings = build_generator(LastLogits(model), make_inputs, (1, 1), config, max_len, (input_ids, None))

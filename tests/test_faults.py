@@ -153,6 +153,11 @@ def test_tokenizers_and_prompts_that_do_not_fit(tiny_llama, capsys):
     for flags, message in cases:
         refused(["--model", str(tiny_llama), "--num_tokens", "2", *flags], capsys, message,
                 only_line="vocabulary" not in message)
+    # found out before the weights load: an 8B model in FP32 is never built for a prompt it cannot read
+    with pytest.raises(SystemExit):
+        run_llm.main(["--model", "meta-llama/Llama-3.1-8B-Instruct", "--random_weights", "--prompt", "Hi"])
+    err = capsys.readouterr().err
+    assert "error: no tokenizer for meta-llama/Llama-3.1-8B-Instruct" in err and "[tllm] loading" not in err
 
 
 @pytest.fixture
@@ -215,7 +220,7 @@ def test_default_model_errors_name_the_default_model(cache_dir, tmp_path, capsys
     (folder / "config.json").write_text(json.dumps(tiny_config("llama").to_dict()))
     (folder / "model.safetensors").write_bytes(b"broken")
     monkeypatch.setattr(models, "smollm2_dir", lambda: folder)
-    line, _ = refused(["--num_tokens", "2"], capsys, "the bundled default model (", only_line=False)
+    line, _ = refused(BENCH, capsys, "the bundled default model (", only_line=False)
     assert "--model" not in line and "model.safetensors is not a valid safetensors file" in line
 
 
