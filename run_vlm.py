@@ -177,6 +177,27 @@ def parse(argv=None) -> RunConfig:
     return cli.run_config(args, model_config.model_type, vision_language=True)
 
 
+def build(vlm, config, input_ids, mode, max_len):
+    """The vision encoder (``mode``: eager or compile) and the language model's Generator for
+    the prompt ``input_ids``. Returns the Generator; ``vision()``, which encodes the image and
+    merges it into the prompt (the part of TTFT before prefill) and returns the prompt's
+    ``(inputs_embeds, position_ids)``; those, computed once; the vision mode that applied; and
+    timings in seconds."""
+    position_ids = vlm.positions(input_ids)
+    encode, mode, vision_compile_s = build_vision(vlm, mode, config)
+
+    def vision():
+        return vlm.embed(input_ids, encode()), position_ids
+
+    embeds, _ = vision()
+    make_inputs = example_inputs(vlm, config.batch_size, vlm.text_config.hidden_size, config.dtype, config.torch_device)
+    gen, timings = build_generator(
+        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), config, max_len, (embeds, position_ids)
+    )
+    timings["vision_compile_s"] = vision_compile_s
+    return gen, vision, (embeds, position_ids), mode, timings
+
+
 def run(config: RunConfig) -> dict:
     """Load, build (vision encoder and language model), then generate or benchmark; returns the
     run's JSON record (also written to --output_json)."""
@@ -197,19 +218,8 @@ def run(config: RunConfig) -> dict:
     prompt_len = input_ids.shape[1]
     max_len = prompt_len + config.num_tokens
     models.check_positions(vlm.text_config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
-    position_ids = vlm.positions(input_ids)
-    encode, mode, vision_compile_s = build_vision(vlm, mode, config)
-
-    def vision():
-        """Vision encoder + merge into the prompt: the part of TTFT before prefill."""
-        return vlm.embed(input_ids, encode()), position_ids
-
-    embeds, _ = vision()
-    make_inputs = example_inputs(vlm, config.batch_size, vlm.text_config.hidden_size, config.dtype, device)
-    gen, timings = build_generator(
-        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), config, max_len, (embeds, position_ids)
-    )
-    timings.update(load_s=load_s, vision_compile_s=vision_compile_s)
+    gen, vision, (embeds, position_ids), mode, timings = build(vlm, config, input_ids, mode, max_len)
+    timings["load_s"] = load_s
     result = run_record(config, vlm.source, prompt_len, timings, image=config.image_path,
                         image_tokens=vlm.num_image_tokens, vision=mode)
     if config.benchmark:

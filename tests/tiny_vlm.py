@@ -15,7 +15,6 @@ import qwen_vl
 import register_sdpa
 import run_vlm
 from generate import greedy, prefill
-from pipeline import build_generator
 
 NEW_TOKENS = 24
 # Our attention op in the language model, stock SDPA in the (bidirectional) vision tower.
@@ -92,12 +91,8 @@ def run_pipeline(vlm, run, num_tokens=NEW_TOKENS):
     """The run_vlm.py flow in process for the RunConfig ``run``: vision, export + passes, prefill,
     greedy. Returns the prompt ids, the first logits, every decode step's logits and the tokens."""
     input_ids = run_vlm.prompt_input_ids(vlm, run)
-    positions = vlm.positions(input_ids)
-    encode, _, _ = run_vlm.build_vision(vlm, run.vision if run.vision != "auto" else vlm.default_vision, run)
-    embeds = vlm.embed(input_ids, encode())
-    max_len = input_ids.shape[1] + num_tokens
-    make = run_vlm.example_inputs(vlm, run.batch_size, vlm.text_config.hidden_size, run.dtype, run.torch_device)
-    gen, _ = build_generator(vlm.lm_module, make, (1, vlm.position_seq_dim), run, max_len, (embeds, positions))
+    mode = run.vision if run.vision != "auto" else vlm.default_vision
+    gen, _, (embeds, positions), _, _ = run_vlm.build(vlm, run, input_ids, mode, input_ids.shape[1] + num_tokens)
     first_logits, first_token = prefill(gen, embeds, positions, run.prefill_chunk)
     logits = [first_logits]
     step = gen.step
