@@ -9,6 +9,7 @@ import torch
 
 import backends
 import cache_modes
+import models
 from utils import PRECISIONS, UserError, log, resolve_device, resolve_dtype
 
 BASELINES = ("hf_generate", "hf_compile", "no_cache")
@@ -77,8 +78,6 @@ class RunConfig:
 
     @property
     def model_name(self):
-        import models
-
         return self.model or models.DEFAULT_MODEL
 
 

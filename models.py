@@ -322,9 +322,10 @@ def check_memory(config, auto_class, dtype, device, label, from_host):
 
 
 def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURES, auto_class=AutoModelForCausalLM,
-               with_tokenizer=True):
-    """Returns (model in eval mode on device, tokenizer or None, the folder or id it came from)."""
-    config = load_config(model, random_weights)
+               with_tokenizer=True, config=None):
+    """Returns (model in eval mode on device, tokenizer or None, the folder or id it came from).
+    ``config``: the model's config where the caller has read it already."""
+    config = config or load_config(model, random_weights)
     model, label = (model, f"--model {model}") if random_weights and model in BUNDLED_CONFIGS else source_of(model)
     check_architecture(config, supported)
     check_memory(config, auto_class, dtype, device, label, from_host=not random_weights)

@@ -72,7 +72,7 @@ def run(config: RunConfig) -> dict:
         f"{config.precision}, {device})")
     start = time.perf_counter()
     model, _, source = models.load_model(config.model, config.random_weights, config.dtype, device,
-                                         with_tokenizer=False)
+                                         with_tokenizer=False, config=model_config)
     load_s = time.perf_counter() - start
     if config.benchmark:  # (drawn after the weights, from the generator their seed left, as before)
         input_ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.isl), device=device)
