@@ -17,6 +17,7 @@ import shutil
 import stat
 
 import pytest
+import torch
 
 import cli
 import models
@@ -243,6 +244,16 @@ def test_flags_without_effect_are_refused(case, tiny_llama, tmp_path, earlier, c
     monkeypatch.chdir(tmp_path)
     flags, message = FLAG_CASES[case]
     refused(["--model", str(tiny_llama), *flags], capsys, message)
+
+
+def test_a_profile_trace_that_was_not_written_is_an_error(tiny_llama, tmp_path, earlier, capsys, monkeypatch):
+    """The run's other outputs are still written; the missing trace ends the run with exit 2."""
+    monkeypatch.setattr(torch.profiler.profile, "export_chrome_trace", lambda self, path: None)
+    record = tmp_path / "run.json"
+    line, _ = refused(["--model", str(tiny_llama), *BENCH, "--profile", str(tmp_path / "trace.json"),
+                       "--output_json", str(record)], capsys, "the trace was not written", only_line=False)
+    assert line.startswith(f"error: --profile {tmp_path / 'trace.json'}")
+    assert json.loads(record.read_text())["benchmark"]["profile_error"] in line
 
 
 def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_llama, earlier, capsys, monkeypatch):
