@@ -45,16 +45,17 @@ def choose_backend(requested, device):
     return requested
 
 
-def compile_graph(gm, config, max_len, tune):
+def compile_graph(gm, config, max_len, tune, engine_path=None):
     """A callable with the graph's calling convention, compiled for ``config.backend``
     (compilers compile on the first call). ``tune``: Inductor tunes its kernels' launch
-    parameters. A graph split by layer (``layer_split``) is compiled one distinct piece at a time."""
+    parameters. A graph split by layer (``layer_split``) is compiled one distinct piece at a time.
+    ``engine_path``: where the build cache keeps this graph's TensorRT engines."""
     if config.backend == "eager":
         return gm
     if config.backend == "tensorrt":
         import tensorrt_backend
 
-        return tensorrt_backend.compile(gm, config.dtype, max_len, config.min_block_size, config.debug)
+        return tensorrt_backend.compile(gm, config.dtype, max_len, config.min_block_size, config.debug, engine_path)
     register_sdpa.register_inductor_decompositions()
     if config.debug:
         torch._logging.set_logs(recompiles=True, graph_breaks=True, perf_hints=True)

@@ -30,7 +30,8 @@ CARD_BANDWIDTH = {
 CSV_FIELDS = [
     "model", "runner", "backend", "cache", "cudagraph", "precision", "device", "batch_size", "isl", "num_tokens",
     "ttft_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "decode_tokens_per_s", "e2e_ms",
-    "achieved_gb_per_s", "pct_of_bandwidth", "peak_memory_gb", "export_s", "compile_s", "torch", "transformers",
+    "achieved_gb_per_s", "pct_of_bandwidth", "peak_memory_gb", "build_cache", "export_s", "cache_load_s", "compile_s",
+    "torch", "transformers",
 ]
 
 
@@ -297,8 +298,8 @@ def rows(result):
     """One CSV/table row per runner: the pipeline, then each baseline."""
     common = {k: result[k] for k in ("model", "backend", "cache", "cudagraph", "precision", "device", "batch_size",
                                      "isl", "num_tokens")}
-    common.update(torch=result["versions"]["torch"],
-                  transformers=result["versions"]["transformers"])
+    common.update(torch=result["versions"]["torch"], transformers=result["versions"]["transformers"],
+                  build_cache=result["build_cache"]["status"])
     out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"])]
     for name, stats in result.get("baselines", {}).items():
         out.append(dict(common, runner=name, backend="pytorch", cache="hf", cudagraph=name == "hf_compile", **stats))
@@ -330,7 +331,10 @@ def report(result, config):
               f"{'' if row is ours else f'{speedup:.2f}x':>8}")
     if ours.get("vision_ms") is not None:
         print(f"pipeline TTFT = vision encoder {ours['vision_ms']:.2f} ms + prefill {ours['prefill_ms']:.2f} ms")
-    print(f"export {result['timings_s']['export_s']:.1f} s, compile {result['timings_s']['compile_s']:.1f} s"
+    timings = result["timings_s"]
+    built = f"export {timings['export_s']:.1f} s" if "export_s" in timings else \
+        f"loaded from the build cache in {timings['cache_load_s']:.1f} s"
+    print(f"{built}, compile {timings['compile_s']:.1f} s"
           + (f", peak memory {ours['peak_memory_gb']:.2f} GB" if ours.get("peak_memory_gb") else ""))
     if len(table) > 1:
         print("speedup = baseline TPOT / pipeline TPOT")

@@ -64,6 +64,9 @@ def add_common_args(parser):
                              "(PyTorch's masked SDPA); CPU always uses SDPA")
     parser.add_argument("--min_block_size", type=positive_int, default=1, help="TensorRT: smallest subgraph to convert")
     parser.add_argument("--debug", action="store_true", help="verbose compiler logging")
+    parser.add_argument("--no_build_cache", action="store_true",
+                        help="export and compile anew, neither loading nor saving a build "
+                             "(the cache: $TLLM_CACHE/builds; python build_cache.py list|clear)")
     parser.add_argument(
         "--tune", default="decode", choices=config.TUNE_MODES,
         help="Inductor: coordinate-descent tuning of the generated kernels for the decode graph only (default), "
@@ -90,6 +93,7 @@ def run_config(args, model_type, vision_language=False):
     """The parsed flags as a resolved RunConfig (defaults for this model type filled in)."""
     fields = dict(vars(args))
     fields["chat_template"] = not fields.pop("no_chat_template")
+    fields["build_cache"] = not fields.pop("no_build_cache")
     baselines = fields.pop("baseline")
     fields["baselines"] = tuple(baselines) if baselines else None
     check_outputs(args.output_json, args.results_csv, args.profile)

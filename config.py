@@ -39,6 +39,7 @@ class RunConfig:
     decode_attention: str = "sdpa"  # what runs: triton (split-K kernel) or sdpa
     min_block_size: int = 1
     debug: bool = False
+    build_cache: bool = True  # load a matching build from the build cache, or save this one there
     tune: str = "decode"  # Inductor's coordinate-descent tuning: decode graph, all graphs, none
     batch_size: int = 1
     num_tokens: int = 64

@@ -43,14 +43,17 @@ def export_graph(module, example_inputs, seq_dims, max_seq_len):
     dynamic_shapes = tuple({d: seq} for d in seq_dims)
     with torch.no_grad():
         ep = torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
-    gm = ep.module()
+    unlifted = ep.module()
     # Drop the input-guard call and the pytree calling convention: passes add positional inputs
     # and outputs, and each backend checks shapes itself.
-    for node in list(gm.graph.nodes):
+    for node in list(unlifted.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
-            gm.graph.erase_node(node)
-    gm.graph._codegen = CodeGen()
-    gm._forward_pre_hooks.clear()  # the input-spec check of the original signature
+            unlifted.graph.erase_node(node)
+    unlifted.graph._codegen = CodeGen()
+    # A plain GraphModule over the same weights, without what export adds for its own calling
+    # convention (an input-spec check, hooks, train/eval that refuse): it pickles (build_cache).
+    gm = torch.fx.GraphModule(unlifted, unlifted.graph)
+    gm.meta.update(unlifted.meta)
     gm.meta["seq_dims"] = tuple(seq_dims)
     gm.meta["cache"] = ""
     return finish(gm)

@@ -25,13 +25,19 @@ def _linear_users(node):
     return with_bias if len(with_bias) > len(users) - len(with_bias) else [u for u in users if len(u.args) == 2]
 
 
-def _fuse(gm, tensors, name):
+def fuse(tensors):
+    """The tensors concatenated along dim 0, as a parameter that is then their only copy."""
     fused = torch.cat([t.detach() for t in tensors], 0)
     offset = 0
     for t in tensors:
         t.data = fused[offset : offset + t.shape[0]]
         offset += t.shape[0]
-    gm.register_parameter(name, torch.nn.Parameter(fused, requires_grad=False))
+    return torch.nn.Parameter(fused, requires_grad=False)
+
+
+def _fuse(gm, targets, name):
+    gm.register_parameter(name, fuse([gm.get_parameter(t) for t in targets]))
+    gm.meta.setdefault("fused_from", {})[name] = list(targets)  # for build_cache: weights by reference
     return name
 
 
@@ -47,7 +53,7 @@ def apply(gm):
         sizes = [gm.get_parameter(w.target).shape[0] for w in param_lists[0]]
         with gm.graph.inserting_before(first):
             attrs = [
-                gm.graph.get_attr(_fuse(gm, [gm.get_parameter(p.target) for p in params], f"fused_linear_{count}_{i}"))
+                gm.graph.get_attr(_fuse(gm, [p.target for p in params], f"fused_linear_{count}_{i}"))
                 for i, params in enumerate(param_lists)
             ]
             out = gm.graph.call_function(aten.linear.default, (node, *attrs))

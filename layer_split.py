@@ -9,6 +9,8 @@ last one holds the final norm, the LM head and the next-token argmax. Values tha
 boundary, weights included, are the pieces' inputs (``torch.fx.passes.split_module``).
 """
 
+import hashlib
+
 import torch
 from torch.fx.passes.split_module import split_module
 
@@ -64,7 +66,9 @@ def split_by_layer(gm):
     """The graph as a GraphModule that calls one submodule (``submod_N``) per piece, in order."""
     piece = piece_of_nodes(gm)
     split = split_module(gm, gm, piece.__getitem__, keep_original_order=True)
-    split.meta.update(gm.meta, layer_split=True)
+    # Which pieces are equal, decided now: a graph loaded from the build cache has no node meta.
+    keys = {name: hashlib.sha256(signature(module).encode()).hexdigest() for name, module in pieces(split)}
+    split.meta.update(gm.meta, layer_split=True, piece_keys=keys)
     return split
 
 
@@ -101,7 +105,7 @@ def compile_pieces(split, compile_piece):
     compiled = {}
     all_pieces = pieces(split)
     for name, module in all_pieces:
-        key = signature(module)
+        key = split.meta["piece_keys"][name]
         if key not in compiled:
             compiled[key] = compile_piece(module)
         setattr(split, name, compiled[key])

@@ -205,11 +205,25 @@ def eos_ids(*sources):
     return sorted(i for i in ids if i is not None)
 
 
+def position_limit(config):
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
+
+
 def check_positions(config, needed, what):
     """One UserError line when ``needed`` positions exceed what the model's config allows."""
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
+    limit = position_limit(config)
     if needed > limit:
         raise UserError(f"{what} need {needed} positions but the model has {limit}")
+
+
+CACHE_LENGTH_STEP = 256
+
+
+def cache_length(config, needed):
+    """The KV cache length of a generation: ``needed`` rounded up to a multiple of 256 (within
+    the model's positions), so that prompts of about the same length share one build, which the
+    build cache then loads (a few hundred more cache rows cost little)."""
+    return max(needed, min(-(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, position_limit(config)))
 
 
 def safetensors_problem(folder):

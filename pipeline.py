@@ -1,60 +1,78 @@
 """Build a Generator for a language model from a RunConfig (export -> passes -> compile ->
-warm-up) with progress lines, and the run's shared JSON fields and greedy text output."""
+warm-up, or a load from the build cache) with progress lines, and the run's shared JSON fields
+and greedy text output."""
 
+import contextlib
 import copy
 import time
 
 import torch
 
 import backends
+import build_cache
 import cache_modes
 import export_llm
 import passes
 from generate import Generator, greedy, prefill
-from utils import log, versions
+from utils import log, process_age, versions
 
 
-def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs):
-    """Export ``module(x, position_ids)``, rewrite it (``passes``), compile it and warm it up.
+def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs, identity=None):
+    """Export ``module(x, position_ids)``, rewrite it (``passes``), compile it and warm it up;
+    or, where the build cache holds this build, load its graphs and compiled artifacts instead.
 
     ``make_inputs(length)`` returns fresh example inputs ``(x, position_ids)`` for export;
     ``warm_inputs`` are inputs of the real prompt's shape, run once so that compilers compile
-    (and CUDA graphs capture) now rather than inside the first timed step.
-    Returns the Generator and timings in seconds.
+    (and CUDA graphs capture) now rather than inside the first timed step. ``identity``: what
+    the weights are (``build_cache.model_identity``); None leaves the build cache out.
+    Returns the Generator, the build's timings in seconds, and what the build cache did.
     """
     timings = {}
-    start = time.perf_counter()
-    log(f"exporting {type(module).__name__} with torch.export")
-    gm = export_llm.export_graph(module, make_inputs(2), seq_dims, max_len)
-    gm, notes = passes.run("export", gm, passes.Graph(config, max_len))
-    layers = len(export_llm.attention_nodes(gm))
-    step, first = passes.Graph(config, max_len), passes.Graph(config, max_len, kind="first")
-    # The first-prefill graph: the same module attributes (weights shared), its own graph.
-    first_gm = None
-    if cache_modes.MODES[config.cache].FIRST_GRAPH:
-        first_gm = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
-    gm, step_notes = passes.run("graph", gm, step)
-    line = f"passes: {', '.join(notes)}; step graph: {', '.join(step_notes) or 'none'}"
-    if first_gm is not None:
-        first_gm, first_notes = passes.run("graph", first_gm, first)
-        line += f"; first prefill graph: {', '.join(first_notes)}"
-    timings["export_s"] = time.perf_counter() - start
-    log(f"exported: {layers} attention ops, cache {config.cache or 'none'} ({timings['export_s']:.1f} s)")
-    log(line)
+    with build_cache.building(config, "language model", max_len, module, identity) as build, \
+            contextlib.ExitStack() as stack:
+        if build.graphs is None:
+            start = time.perf_counter()
+            build.keep(export_and_rewrite(module, make_inputs(2), seq_dims, config, max_len))
+            timings["export_s"] = time.perf_counter() - start
+            log(f"exported ({timings['export_s']:.1f} s)")
+        else:
+            timings["cache_load_s"] = build.load_s
+        gm, first_gm = build.graphs["step"], build.graphs.get("first")
 
-    start = time.perf_counter()
-    log(f"compiling with {config.backend}" + (" + CUDA graphs" if config.cudagraph else ""))
-    cache_shapes = gm.meta.get("cache_shapes", [])
-    graph = backends.compile_graph(gm, config, max_len, tune=passes.tuned(step))
-    if first_gm is not None:
-        first_gm = backends.compile_graph(first_gm, config, max_len, tune=passes.tuned(first))
-    own_cudagraph = config.cudagraph and config.backend != "tensorrt"
-    if config.cudagraph and not own_cudagraph:
-        import tensorrt_backend
+        start = time.perf_counter()
+        log(f"compiling with {config.backend}" + (" + CUDA graphs" if config.cudagraph else ""))
+        if build.status == "loaded" and config.backend == "inductor":
+            import torch._inductor.config as inductor_config
 
-        tensorrt_backend.enable_cudagraphs(True)
-    gen = Generator(graph, cache_shapes, config.cache, config.batch_size, max_len, config.dtype, config.torch_device,
-                    cudagraph=own_cudagraph, first_graph=first_gm, fed_back=config.fed_back)
+            # Everything is compiled already: no pool of compile workers to start
+            stack.enter_context(inductor_config.patch(compile_threads=1))
+        graph = backends.compile_graph(gm, config, max_len, passes.tuned(passes.Graph(config, max_len)),
+                                       build.engine_path("step"))
+        if first_gm is not None:
+            first_gm = backends.compile_graph(first_gm, config, max_len,
+                                              passes.tuned(passes.Graph(config, max_len, kind="first")),
+                                              build.engine_path("first"))
+        own_cudagraph = config.cudagraph and config.backend != "tensorrt"
+        if config.cudagraph and not own_cudagraph:
+            import tensorrt_backend
+
+            tensorrt_backend.enable_cudagraphs(True)
+        gen = Generator(graph, gm.meta.get("cache_shapes", []), config.cache, config.batch_size, max_len, config.dtype,
+                        config.torch_device, cudagraph=own_cudagraph, first_graph=first_gm, fed_back=config.fed_back)
+        if config.backend != "eager" or own_cudagraph:  # (eager PyTorch has nothing to compile or capture)
+            warm_up(gen, warm_inputs, config, max_len)
+        timings["compile_s"] = time.perf_counter() - start
+        log(f"compiled ({timings['compile_s']:.1f} s)")
+    if build.save_s:
+        timings["cache_save_s"] = build.save_s
+    if process_age() is not None:
+        timings["ready_s"] = process_age()  # from process start: what a user waits for
+    return gen, timings, build_cache.record(build)
+
+
+def warm_up(gen, warm_inputs, config, max_len):
+    """Prefill the prompt and take two decode steps, so that compilers compile (and CUDA graphs
+    capture) now, then forget the sequence."""
     x, positions = warm_inputs
     prefill(gen, x, positions, config.prefill_chunk)
     # Decode steps get a fresh one-token tensor; a slice of the prompt has other strides, on
@@ -66,13 +84,31 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs)
     gen.reset()
     if config.on_cuda:
         torch.cuda.synchronize()
-    timings["compile_s"] = time.perf_counter() - start
-    log(f"compiled ({timings['compile_s']:.1f} s)")
-    return gen, timings
 
 
-def run_record(config, source, prompt_len, timings, **extra):
-    """The JSON fields every run shares (run_llm.py and run_vlm.py add their own)."""
+def export_and_rewrite(module, example_inputs, seq_dims, config, max_len):
+    """The graphs the passes make of ``module``: {"step": ..., "first": ...} (the first-prefill
+    graph where the cache mode has one)."""
+    log(f"exporting {type(module).__name__} with torch.export")
+    gm = export_llm.export_graph(module, example_inputs, seq_dims, max_len)
+    gm, notes = passes.run("export", gm, passes.Graph(config, max_len))
+    layers = len(export_llm.attention_nodes(gm))
+    graphs = {}
+    # The first-prefill graph: the same module attributes (weights shared), its own graph.
+    if cache_modes.MODES[config.cache].FIRST_GRAPH:
+        graphs["first"] = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    graphs["step"], step_notes = passes.run("graph", gm, passes.Graph(config, max_len))
+    line = f"passes: {', '.join(notes)}; step graph: {', '.join(step_notes) or 'none'}"
+    if "first" in graphs:
+        graphs["first"], first_notes = passes.run("graph", graphs["first"], passes.Graph(config, max_len, kind="first"))
+        line += f"; first prefill graph: {', '.join(first_notes)}"
+    log(f"{layers} attention ops, cache {config.cache or 'none'}; {line}")
+    return graphs
+
+
+def run_record(config, source, prompt_len, timings, cached, **extra):
+    """The JSON fields every run shares (run_llm.py and run_vlm.py add their own); ``cached``:
+    what the build cache did (``build_generator``)."""
     return {
         "model": config.model_name,
         "source": str(source),
@@ -89,6 +125,7 @@ def run_record(config, source, prompt_len, timings, **extra):
         "isl": prompt_len,
         "num_tokens": config.num_tokens,
         "timings_s": timings,
+        "build_cache": cached,
         "versions": versions(),
     }
 

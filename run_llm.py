@@ -10,6 +10,7 @@ import time
 import torch
 
 import benchmark
+import build_cache
 import cli
 import models
 from config import RunConfig
@@ -66,8 +67,10 @@ def run(config: RunConfig) -> dict:
         models.check_token_ids(input_ids, model_config,
                                f"--tokenizer {config.tokenizer}" if config.tokenizer else "the model's tokenizer")
     prompt_len = config.isl if config.benchmark else input_ids.shape[1]
-    max_len = prompt_len + config.num_tokens
-    models.check_positions(model_config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
+    needed = prompt_len + config.num_tokens
+    models.check_positions(model_config, needed, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
+    # (a benchmark's cache holds exactly its --isl and --num_tokens, as its figures always have)
+    max_len = needed if config.benchmark else models.cache_length(model_config, needed)
     log(f"loading {config.model_name} ({'random weights' if config.random_weights else 'weights'}, "
         f"{config.precision}, {device})")
     start = time.perf_counter()
@@ -78,9 +81,11 @@ def run(config: RunConfig) -> dict:
         input_ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.isl), device=device)
 
     make_inputs = text_inputs(config.batch_size, model.config.vocab_size, device)
-    gen, timings = build_generator(LastLogits(model), make_inputs, (1, 1), config, max_len, (input_ids, None))
+    identity = build_cache.model_identity(source, config.random_weights, model_config)
+    gen, timings, cached = build_generator(LastLogits(model), make_inputs, (1, 1), config, max_len, (input_ids, None),
+                                           identity)
     timings["load_s"] = load_s
-    result = run_record(config, source, prompt_len, timings)
+    result = run_record(config, source, prompt_len, timings, cached)
     if config.benchmark:
         result["benchmark"] = benchmark.run(gen, input_ids, config, model)
         if config.enable_pytorch_run:

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 import backends
 import benchmark
+import build_cache
 import cli
 import eagle2
 import export_llm
@@ -77,9 +78,10 @@ def _to_rgb(image):
     return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, ...: Pillow's conversions
 
 
-def build_vision(vlm: VisionLanguageModel, mode, config):
-    """A callable returning the image features [B, tokens, H], eager or exported and compiled.
-    Returns it, the mode that applies, and its compile time (seconds)."""
+def build_vision(vlm: VisionLanguageModel, mode, config, identity=None):
+    """A callable returning the image features [B, tokens, H], eager or exported and compiled
+    (through the build cache, with ``identity``). Returns it, the mode that applies, and its
+    compile time (seconds)."""
     pixels = vlm.vision_inputs(config.batch_size, config.torch_device)
     if mode == "compile":
         module, why_not = vlm.static_encoder()
@@ -92,20 +94,25 @@ def build_vision(vlm: VisionLanguageModel, mode, config):
     else:
         start = time.perf_counter()
         count = max(2, pixels.shape[0])  # images or tiles: export wants an example of >= 2
-        example = torch.cat([pixels[:1], pixels[:1]]).clone()
         vision = passes.Graph(config, count, kind="vision")
-        gm, _ = passes.run("graph", export_llm.export_graph(module, [example], (0,), count), vision)
-        graph = backends.compile_graph(gm, config, count, tune=passes.tuned(vision))
+        what = f"vision encoder {tuple(pixels.shape[1:])}"
+        with build_cache.building(config, what, count, module, identity) as build:
+            if build.graphs is None:
+                example = torch.cat([pixels[:1], pixels[:1]]).clone()
+                gm, _ = passes.run("graph", export_llm.export_graph(module, [example], (0,), count), vision)
+                build.keep({"vision": gm})
+            graph = backends.compile_graph(build.graphs["vision"], config, count, passes.tuned(vision),
+                                           build.engine_path("vision"))
 
-        def encoder(x):
-            return graph(x)[0]
+            def encoder(x):
+                return graph(x)[0]
 
-        encoder(pixels)  # compilers compile on the first call: do it now, not in a timed run
-        if config.on_cuda:
-            torch.cuda.synchronize()
+            encoder(pixels)  # compilers compile on the first call: do it now, not in a timed run
+            if config.on_cuda:
+                torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
-        log(f"vision encoder: exported for input {tuple(pixels.shape[1:])} and compiled with {config.backend} "
-            f"({compile_s:.1f} s)")
+        log(f"vision encoder: {build.status if build.status == 'loaded' else 'exported'} for input "
+            f"{tuple(pixels.shape[1:])} and compiled with {config.backend} ({compile_s:.1f} s)")
 
     def encode():
         return vlm.to_features(encoder(pixels), config.batch_size)
@@ -177,25 +184,26 @@ def parse(argv=None) -> RunConfig:
     return cli.run_config(args, model_config.model_type, vision_language=True)
 
 
-def build(vlm, config, input_ids, mode, max_len):
+def build(vlm, config, input_ids, mode, max_len, identity=None):
     """The vision encoder (``mode``: eager or compile) and the language model's Generator for
     the prompt ``input_ids``. Returns the Generator; ``vision()``, which encodes the image and
     merges it into the prompt (the part of TTFT before prefill) and returns the prompt's
-    ``(inputs_embeds, position_ids)``; those, computed once; the vision mode that applied; and
-    timings in seconds."""
+    ``(inputs_embeds, position_ids)``; those, computed once; the vision mode that applied;
+    timings in seconds; and what the build cache did for the language model. ``identity``: the
+    weights' (``build_cache.model_identity``), for the build cache; None leaves it out."""
     position_ids = vlm.positions(input_ids)
-    encode, mode, vision_compile_s = build_vision(vlm, mode, config)
+    encode, mode, vision_compile_s = build_vision(vlm, mode, config, identity)
 
     def vision():
         return vlm.embed(input_ids, encode()), position_ids
 
     embeds, _ = vision()
     make_inputs = example_inputs(vlm, config.batch_size, vlm.text_config.hidden_size, config.dtype, config.torch_device)
-    gen, timings = build_generator(
-        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), config, max_len, (embeds, position_ids)
+    gen, timings, cached = build_generator(
+        vlm.lm_module, make_inputs, (1, vlm.position_seq_dim), config, max_len, (embeds, position_ids), identity
     )
     timings["vision_compile_s"] = vision_compile_s
-    return gen, vision, (embeds, position_ids), mode, timings
+    return gen, vision, (embeds, position_ids), mode, timings, cached
 
 
 def run(config: RunConfig) -> dict:
@@ -203,7 +211,8 @@ def run(config: RunConfig) -> dict:
     run's JSON record (also written to --output_json)."""
     device = config.torch_device
     image = load_image(config.image_path)
-    family = model_family(models.load_config(config.model, config.random_weights))
+    model_config = models.load_config(config.model, config.random_weights)
+    family = model_family(model_config)
     log(f"loading {config.model} ({'random weights' if config.random_weights else 'weights'}, {config.precision}, "
         f"{device})")
     start = time.perf_counter()
@@ -216,11 +225,14 @@ def run(config: RunConfig) -> dict:
     vlm.set_image(image, compiled=mode == "compile")
     input_ids = prompt_input_ids(vlm, config)
     prompt_len = input_ids.shape[1]
-    max_len = prompt_len + config.num_tokens
-    models.check_positions(vlm.text_config, max_len, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
-    gen, vision, (embeds, position_ids), mode, timings = build(vlm, config, input_ids, mode, max_len)
+    needed = prompt_len + config.num_tokens
+    models.check_positions(vlm.text_config, needed, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
+    max_len = needed if config.benchmark else models.cache_length(vlm.text_config, needed)
+    identity = build_cache.model_identity(vlm.source, config.random_weights, model_config)
+    gen, vision, (embeds, position_ids), mode, timings, cached = build(vlm, config, input_ids, mode, max_len,
+                                                                       identity)
     timings["load_s"] = load_s
-    result = run_record(config, vlm.source, prompt_len, timings, image=config.image_path,
+    result = run_record(config, vlm.source, prompt_len, timings, cached, image=config.image_path,
                         image_tokens=vlm.num_image_tokens, vision=mode)
     if config.benchmark:
         result["benchmark"] = benchmark.run(gen, input_ids, config, vlm.text_model, vision=vision,

@@ -44,8 +44,10 @@ def export_for_tensorrt(gm, args, max_len):
     return torch.export.export(gm, _traceable(args, specs), dynamic_shapes=specs, strict=False)
 
 
-def compile(gm, dtype, max_len, min_block_size, debug):
-    """Returns a callable that builds the engine on its first call, then runs it."""
+def compile(gm, dtype, max_len, min_block_size, debug, engine_path=None):
+    """Returns a callable that builds the engine on its first call, then runs it. With
+    ``engine_path`` (the build cache's), an engine saved there is loaded instead, and a new one
+    is saved there."""
     import torch_tensorrt
 
     register_converters()
@@ -53,6 +55,8 @@ def compile(gm, dtype, max_len, min_block_size, debug):
 
     def run(*args):
         nonlocal compiled
+        if compiled is None and engine_path is not None and engine_path.exists():
+            compiled = torch_tensorrt.load(str(engine_path)).module()
         if compiled is None:
             ep = export_for_tensorrt(gm, args, max_len)
             settings = dict(
@@ -68,6 +72,10 @@ def compile(gm, dtype, max_len, min_block_size, debug):
             log(f"building TensorRT engines (min_block_size={min_block_size})")
             with torch_tensorrt.logging.debug() if debug else contextlib.nullcontext():
                 compiled = torch_tensorrt.dynamo.compile(ep, **settings)
+            if engine_path is not None:
+                # (retrace keeps the engines' symbolic shapes; protocol 4 for weights over 4 GB)
+                torch_tensorrt.save(compiled, str(engine_path), output_format="exported_program",
+                                    arg_inputs=list(args), retrace=True, pickle_protocol=4)
         return compiled(*args)
 
     return run

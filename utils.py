@@ -1,8 +1,10 @@
 """Small shared helpers for the command-line tools: user errors, progress lines, precision and
 device choice, version stamps (result files: ``files.py``)."""
 
+import os
 import platform
 import sys
+import time
 
 import torch
 import transformers
@@ -16,6 +18,17 @@ class UserError(Exception):
 
 def log(message):
     print(f"[tllm] {message}", file=sys.stderr, flush=True)
+
+
+def process_age():
+    """Seconds since this process started, or None where the system does not say (Linux does:
+    the start time in /proc, in clock ticks since boot)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def resolve_device(requested):

@@ -20,6 +20,15 @@ if importlib.util.find_spec("triton") is not None and not torch.cuda.is_availabl
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def build_cache_dir(tmp_path, monkeypatch):
+    """Each test its own build cache (also for the processes it starts): no test loads another's
+    builds, and none touches the user's."""
+    folder = tmp_path / "builds"
+    monkeypatch.setenv("TLLM_BUILD_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture
 def triton_device(monkeypatch):
     """Where a Triton kernel test runs: on the GPU, compiled, or without one on the CPU under the

@@ -83,7 +83,7 @@ def build(model, prompt, cache, backend="eager", chunk=0, max_len=PROMPT + DECOD
     """The Generator run_llm.py builds for ``model``, warmed up on ``prompt`` ``[B, S]``."""
     run = run_config(model, prompt.device, cache, backend, prefill_chunk=chunk, batch_size=len(prompt), **fields)
     make_inputs = run_llm.text_inputs(len(prompt), model.config.vocab_size, prompt.device)
-    gen, _ = build_generator(LastLogits(model), make_inputs, (1, 1), run, max_len, (prompt, None))
+    gen, _, _ = build_generator(LastLogits(model), make_inputs, (1, 1), run, max_len, (prompt, None))
     return gen
 
 

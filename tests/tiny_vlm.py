@@ -92,7 +92,7 @@ def run_pipeline(vlm, run, num_tokens=NEW_TOKENS):
     greedy. Returns the prompt ids, the first logits, every decode step's logits and the tokens."""
     input_ids = run_vlm.prompt_input_ids(vlm, run)
     mode = run.vision if run.vision != "auto" else vlm.default_vision
-    gen, _, (embeds, positions), _, _ = run_vlm.build(vlm, run, input_ids, mode, input_ids.shape[1] + num_tokens)
+    gen, _, (embeds, positions), _, _, _ = run_vlm.build(vlm, run, input_ids, mode, input_ids.shape[1] + num_tokens)
     first_logits, first_token = prefill(gen, embeds, positions, run.prefill_chunk)
     logits = [first_logits]
     step = gen.step
