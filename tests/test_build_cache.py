@@ -5,6 +5,9 @@ leave one whole entry; the list/clear command."""
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from pipeline import build_generator
 from tiny import CACHE_MODES, CPU, run_config, tiny_pair
 from tiny_vlm import tiny_qwen_config
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPT, DECODE = 12, 10
 IDENTITY = {"test": "tiny llama, seed 0"}
 
@@ -170,6 +174,24 @@ def test_two_builders_of_one_entry_leave_one_whole_entry():
     assert not [p for p in build_cache.root().iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_two_processes_building_at_once(tiny_llama_dir, tmp_path):
+    """The same, with two real processes started together on one key: both finish, and one
+    whole entry is left, which a third run loads."""
+    args = [sys.executable, str(ROOT / "run_llm.py"), "--model", str(tiny_llama_dir), "--device", "cpu",
+            "--benchmark", "--isl", "8", "--num_tokens", "4", "--iterations", "1"]
+    runs = [subprocess.Popen([*args, "--output_json", str(tmp_path / f"{i}.json")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    statuses = sorted(json.loads((tmp_path / f"{i}.json").read_text())["build_cache"]["status"] for i in range(2))
+    assert statuses in (["built", "built"], ["built", "loaded"])
+    found = build_cache.entries()
+    assert len(found) == 1 and build_cache._check(found[0][0])[1] is None
+    assert not [p for p in build_cache.root().iterdir() if p.name.startswith(".")]
+    run_llm.main([*args[2:], "--output_json", str(tmp_path / "third.json")])
+    assert json.loads((tmp_path / "third.json").read_text())["build_cache"]["status"] == "loaded"
+
+
 def test_a_failed_build_leaves_nothing(monkeypatch):
     import pipeline
 
@@ -201,6 +223,7 @@ def test_list_and_clear(capsys):
     assert build_cache.main(["clear", "--stale"]) == 0
     assert len(build_cache.entries()) == 1
     build()
+    build(cache="dynamic")  # both entries again, whichever was stale
     key = build_cache.entries()[0][0].name
     assert build_cache.main(["clear", key[:8]]) == 0
     assert len(build_cache.entries()) == 1
