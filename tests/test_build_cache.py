@@ -204,6 +204,15 @@ def test_a_failed_build_leaves_nothing(monkeypatch):
     assert not list(build_cache.root().iterdir())
 
 
+def test_an_unwritable_build_cache_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TLLM_BUILD_CACHE", str(blocker / "builds"))
+    (gen, _, cached), prompt = build()
+    assert cached == {"status": "off"} and "build cache: off for this run" in capsys.readouterr().err
+    assert outputs(gen, prompt)[1].shape == (DECODE, 1)
+
+
 def test_no_build_cache_neither_loads_nor_saves():
     (_, _, cached), _ = build(build_cache=False)
     assert cached == {"status": "off"} and not build_cache.entries()
