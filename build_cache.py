@@ -30,6 +30,7 @@ processes building one entry at once leave one whole entry, never a mix.
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -71,6 +72,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+@functools.cache
 def toolkit_version():
     """A hash of the toolkit's own modules: a changed pass or kernel must not load an old build."""
     digest = hashlib.sha256()
@@ -214,11 +216,16 @@ class _GraphPickler(pickle.Pickler):
         return self.references.get(id(obj)) if isinstance(obj, torch.Tensor) else None
 
 
+def _model_tensors(module):
+    """{name: tensor} of every parameter and buffer, tied ones under each of their names."""
+    return {**dict(module.named_parameters(remove_duplicate=False)),
+            **dict(module.named_buffers(remove_duplicate=False))}
+
+
 class _GraphUnpickler(pickle.Unpickler):
     def __init__(self, buffer, module):
         super().__init__(buffer)
-        self.tensors = dict(module.named_parameters(remove_duplicate=False))
-        self.tensors.update(module.named_buffers(remove_duplicate=False))
+        self.tensors = _model_tensors(module)
         self.fused = {}
 
     def persistent_load(self, pid):
@@ -233,8 +240,7 @@ class _GraphUnpickler(pickle.Unpickler):
 
 
 def _references(module, graphs):
-    references = {id(t): ("model", name) for name, t in module.named_parameters(remove_duplicate=False)}
-    references.update({id(t): ("model", name) for name, t in module.named_buffers(remove_duplicate=False)})
+    references = {id(t): ("model", name) for name, t in _model_tensors(module).items()}
     for gm in graphs.values():
         for name, sources in gm.meta.get("fused_from", {}).items():
             references[id(gm.get_parameter(name))] = ("fused", tuple(sources))

@@ -205,25 +205,21 @@ def eos_ids(*sources):
     return sorted(i for i in ids if i is not None)
 
 
-def position_limit(config):
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
-
-
-def check_positions(config, needed, what):
-    """One UserError line when ``needed`` positions exceed what the model's config allows."""
-    limit = position_limit(config)
-    if needed > limit:
-        raise UserError(f"{what} need {needed} positions but the model has {limit}")
-
-
 CACHE_LENGTH_STEP = 256
 
 
-def cache_length(config, needed):
-    """The KV cache length of a generation: ``needed`` rounded up to a multiple of 256 (within
-    the model's positions), so that prompts of about the same length share one build, which the
+def cache_length(config, prompt_len, num_tokens, exact):
+    """The KV cache length for a prompt and ``num_tokens`` new tokens, or one UserError line when
+    the model's positions do not reach. Unless ``exact`` (a benchmark's cache holds exactly its
+    --isl and --num_tokens, as its figures always have), rounded up to a multiple of 256 within
+    the model's positions, so that prompts of about the same length share one build, which the
     build cache then loads (a few hundred more cache rows cost little)."""
-    return max(needed, min(-(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, position_limit(config)))
+    needed = prompt_len + num_tokens
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
+    if needed > limit:
+        raise UserError(f"{prompt_len} prompt tokens + {num_tokens} new tokens need {needed} positions but the "
+                        f"model has {limit}")
+    return needed if exact else min(-(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, limit)
 
 
 def safetensors_problem(folder):

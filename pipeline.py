@@ -65,8 +65,9 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs,
         log(f"compiled ({timings['compile_s']:.1f} s)")
     if build.save_s:
         timings["cache_save_s"] = build.save_s
-    if process_age() is not None:
-        timings["ready_s"] = process_age()  # from process start: what a user waits for
+    ready = process_age()
+    if ready is not None:
+        timings["ready_s"] = ready  # from process start: what a user waits for
     return gen, timings, build_cache.record(build)
 
 

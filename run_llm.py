@@ -67,10 +67,7 @@ def run(config: RunConfig) -> dict:
         models.check_token_ids(input_ids, model_config,
                                f"--tokenizer {config.tokenizer}" if config.tokenizer else "the model's tokenizer")
     prompt_len = config.isl if config.benchmark else input_ids.shape[1]
-    needed = prompt_len + config.num_tokens
-    models.check_positions(model_config, needed, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
-    # (a benchmark's cache holds exactly its --isl and --num_tokens, as its figures always have)
-    max_len = needed if config.benchmark else models.cache_length(model_config, needed)
+    max_len = models.cache_length(model_config, prompt_len, config.num_tokens, exact=config.benchmark)
     log(f"loading {config.model_name} ({'random weights' if config.random_weights else 'weights'}, "
         f"{config.precision}, {device})")
     start = time.perf_counter()

@@ -225,9 +225,7 @@ def run(config: RunConfig) -> dict:
     vlm.set_image(image, compiled=mode == "compile")
     input_ids = prompt_input_ids(vlm, config)
     prompt_len = input_ids.shape[1]
-    needed = prompt_len + config.num_tokens
-    models.check_positions(vlm.text_config, needed, f"{prompt_len} prompt tokens + {config.num_tokens} new tokens")
-    max_len = needed if config.benchmark else models.cache_length(vlm.text_config, needed)
+    max_len = models.cache_length(vlm.text_config, prompt_len, config.num_tokens, exact=config.benchmark)
     identity = build_cache.model_identity(vlm.source, config.random_weights, model_config)
     gen, vision, (embeds, position_ids), mode, timings, cached = build(vlm, config, input_ids, mode, max_len,
                                                                        identity)
