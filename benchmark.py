@@ -12,8 +12,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from detokenize import Detokenizer
 from files import locked, write_atomic
-from generate import greedy, prefill
+from generate import collect, prefill
+from generate import steps as token_steps
+from sampling import row_values
 from utils import UserError, log
 
 # Datasheet memory bandwidth (bytes/s) by the name torch reports, for the bandwidth floor.
@@ -105,8 +108,16 @@ def decode_bytes(model, batch_size, context_len, dtype):
 
 
 def _step_bytes(model, input_ids, config, dtype):
-    """decode_bytes at the average context of a benchmark run (prompt + half the new tokens)."""
-    return decode_bytes(model, config.batch_size, input_ids.shape[1] + config.num_tokens / 2, dtype)
+    """decode_bytes at the average context of a benchmark run (prompt + half the new tokens;
+    a row's padding is not read)."""
+    pads = statistics.fmean(padding(config))
+    return decode_bytes(model, config.batch_size, input_ids.shape[1] - pads + config.num_tokens / 2, dtype)
+
+
+def padding(config):
+    """Each row's left padding: with --mixed_lengths, row r's prompt is r / (2 * batch) shorter
+    than --isl, so the rows' lengths spread over its upper half."""
+    return [r * config.isl // (2 * config.batch_size) if config.mixed_lengths else 0 for r in range(config.batch_size)]
 
 
 def summarize(ttfts, step_ms, e2es, batch_size, bytes_per_step, device):
@@ -153,19 +164,25 @@ def timed_runs(label, config, run_once):
     return ttfts, steps, e2es
 
 
-def run(gen, input_ids, config, model, vision=None, embed=None, decode_positions=None):
-    """Benchmark the compiled pipeline: fixed-length greedy generation, EOS ignored.
+def run(gen, input_ids, config, model, vision=None, embed=None, decode_positions=None, tokenizer=None):
+    """Benchmark the compiled pipeline: fixed-length generation (greedy, or sampled as
+    configured), EOS ignored.
 
     A VLM passes ``vision()``: it runs first in each iteration (image encoder, features merged
     into the prompt) and returns the prompt's ``(inputs_embeds, position_ids)``. TTFT includes
-    it; ``vision_ms`` and ``prefill_ms`` split it. ``embed`` and ``decode_positions`` go to greedy."""
+    it; ``vision_ms`` and ``prefill_ms`` split it. ``embed`` and ``decode_positions`` go to
+    ``generate.steps``. With --stream each step's tokens are read back as a streaming run reads
+    them, and the first row's detokenized with ``tokenizer``."""
     device = config.torch_device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     vision_clocks = []
 
+    pads = padding(config)
+
     def once(clock):
         gen.reset()
+        gen.set_rows(key_start=pads, **row_values([config.sampling] * config.batch_size))
         clock.mark()
         x, positions = input_ids, None
         if vision is not None:
@@ -175,7 +192,18 @@ def run(gen, input_ids, config, model, vision=None, embed=None, decode_positions
             split.mark()
             vision_clocks.append(split)
         _, token = prefill(gen, x, positions, chunk=config.prefill_chunk)
-        greedy(gen, token, config.num_tokens, embed=embed, decode_positions=decode_positions, on_step=clock.mark)
+        decoding = token_steps(gen, token, config.num_tokens, embed, decode_positions)
+        if not config.stream:
+            for _ in decoding:
+                clock.mark()
+            return
+        text = Detokenizer(tokenizer, x[0, -4:].tolist())
+
+        def on_step(tokens):
+            clock.mark()
+            text.push(tokens[0])
+
+        collect(decoding, [config.num_tokens] * config.batch_size, on_step=on_step)
 
     ttfts, steps, e2es = timed_runs("pipeline", config, once)
     problem = profile(once, config.profile, device) if config.profile else None

@@ -53,9 +53,10 @@ FORMAT = 1
 TOOLKIT = Path(__file__).resolve().parent
 # RunConfig fields that do not change what is built (what to run it on, what to measure, where to
 # write); every other field is part of the key, so a new build option is keyed by default.
-NOT_BUILD_FIELDS = {"model", "tokenizer", "prompt", "chat_template", "image_path", "num_tokens", "ignore_eos",
+NOT_BUILD_FIELDS = {"model", "tokenizer", "prompts", "chat_template", "image_path", "num_tokens", "ignore_eos",
+                    "interactive", "stream", "max_len", "temperature", "top_k", "top_p", "seed",
                     "benchmark", "isl", "iterations", "warmup", "enable_pytorch_run", "baselines", "profile",
-                    "output_json", "results_csv", "debug", "build_cache"}
+                    "mixed_lengths", "output_json", "results_csv", "debug", "build_cache"}
 HASHED_UP_TO = 256 << 20  # larger files (TensorRT engines) are checked by size only
 
 

@@ -7,7 +7,8 @@ TensorRT backend look the mode up here. A mode module has:
 - ``apply(gm, batch_size, max_len, inplace, fresh)``: the graph pass;
 - ``new_state(shapes, batch_size, max_len, dtype, device, kept)``: the cache at the start of a
   sequence (``kept``: the previous sequence's, which a static buffer reuses);
-- ``call(graph, x, position_ids, state, start, cache_position)``: one step, returning
+- ``call(graph, inputs, state, start, cache_position)``: one step (``inputs``: the model's and
+  the row inputs), returning
   ``(logits, next_token, state)``;
 - ``tensorrt_shapes(num_inputs, seq, max_len)``: dynamic-shape specs of the inputs it added.
 """

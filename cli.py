@@ -39,25 +39,50 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
 
-def add_common_args(parser):
+def _probability(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_model_args(parser):
+    """What to load: the model, its tokenizer, the precision and device."""
     parser.add_argument("--model", help="Hugging Face id or local folder (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--tokenizer", help="tokenizer id or folder, if not the model's own")
     parser.add_argument("--random_weights", action="store_true",
                         help="random weights at the real shape, from the config bundled for --model (no download)")
-    parser.add_argument("--prompt", help="the prompt (default: a question for the model)")
     parser.add_argument("--no_chat_template", action="store_true",
                         help="feed the prompt as is, without the chat template")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="compute dtype (default: FP16 on GPU, BF16 for Gemma 3; FP32 on CPU)")
-    parser.add_argument("--num_tokens", type=positive_int, default=None,
-                        help="new tokens to generate (default 128, 64 outside --benchmark)")
-    parser.add_argument("--ignore_eos", action="store_true", help="always generate --num_tokens tokens")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if present)")
+    return parser
+
+
+def add_build_args(parser):
+    """How to build it: cache mode, backend, CUDA graphs, kernels, batch and cache size."""
     parser.add_argument("--cache", default="static_v2", choices=cache_modes.MODES,
                         help="KV cache: static_v2 (fast, default), static_v1 (functional), dynamic (grows), '' (none)")
+    parser.add_argument("--max_len", type=positive_int,
+                        help="positions the KV cache holds (default: what the prompt and --num_tokens need, rounded up "
+                             "to 256; --interactive and serve.py: 4096 or the model's positions if fewer)")
     parser.add_argument("--prefill_chunk", type=non_negative_int, default=0,
                         help="feed the prompt in chunks of this many tokens (static_v2 only)")
     parser.add_argument("--backend", default="auto", choices=backends.BACKENDS)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--cudagraph", action="store_true", help="replay each decode step as a CUDA graph (static_v2)")
     parser.add_argument("--decode_attention", default="triton", choices=config.DECODE_KERNELS,
                         help="static_v2 decode attention on CUDA: triton (split-K flash decoding, default) or sdpa "
@@ -72,12 +97,43 @@ def add_common_args(parser):
         help="Inductor: coordinate-descent tuning of the generated kernels for the decode graph only (default), "
              "for every graph (prefill and vision encoder too), or none (fastest compile)",
     )
-    parser.add_argument("--batch_size", type=positive_int, default=1)
+    parser.add_argument("--batch_size", type=positive_int,
+                        help="rows decoded together (default: the number of prompts, up to "
+                             f"{config.MAX_DEFAULT_BATCH}; one prompt with a larger batch is repeated)")
+    return parser
+
+
+def add_generation_args(parser):
+    """How to decode: length, EOS, sampling."""
+    parser.add_argument("--num_tokens", type=positive_int, default=None,
+                        help="new tokens to generate (default 128, 64 outside --benchmark)")
+    parser.add_argument("--ignore_eos", action="store_true", help="always generate --num_tokens tokens")
+    parser.add_argument("--temperature", type=_non_negative_float,
+                        help="sample at this temperature (default 0: greedy)")
+    parser.add_argument("--top_k", type=non_negative_int, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument("--top_p", type=_probability,
+                        help="sample among the most likely tokens that hold this much probability (1: all)")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="sampling seed: the same seed gives the same tokens (default: a random one, logged)")
+    return parser
+
+
+def add_common_args(parser):
+    """The flags both CLIs share."""
+    parser.add_argument("--prompt", action="append", dest="prompts",
+                        help="the prompt (default: a question for the model); repeat it for a batch of prompts")
+    add_model_args(parser)
+    add_build_args(parser)
+    add_generation_args(parser)
+    parser.add_argument("--stream", action="store_true", help="print the text as it is decoded")
     parser.add_argument("--benchmark", action="store_true", help="time prefill and decode on random prompt ids")
     parser.add_argument("--isl", type=positive_int,
                         help="benchmark prompt length (input sequence length; default 2048)")
     parser.add_argument("--iterations", type=positive_int, help="timed benchmark iterations (default 5)")
     parser.add_argument("--warmup", type=non_negative_int, help="untimed benchmark iterations first (default 1)")
+    parser.add_argument("--mixed_lengths", action="store_true",
+                        help="benchmark a batch of prompts of different lengths (row r: r/(2*batch) shorter than "
+                             "--isl), left-padded")
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
     parser.add_argument("--baseline", nargs="+", choices=(*config.BASELINES, "all"),
                         help="which baselines --enable_pytorch_run measures, one or more (default hf_generate; "
@@ -89,15 +145,17 @@ def add_common_args(parser):
     return parser
 
 
-def run_config(args, model_type, vision_language=False):
-    """The parsed flags as a resolved RunConfig (defaults for this model type filled in)."""
+def run_config(args, model_type, vision_language=False, serving=False):
+    """The parsed flags as a resolved RunConfig (defaults for this model type filled in); a
+    parser may hold any of the groups above."""
     fields = dict(vars(args))
-    fields["chat_template"] = not fields.pop("no_chat_template")
-    fields["build_cache"] = not fields.pop("no_build_cache")
-    baselines = fields.pop("baseline")
+    fields["chat_template"] = not fields.pop("no_chat_template", False)
+    fields["build_cache"] = not fields.pop("no_build_cache", False)
+    fields["prompts"] = tuple(fields.pop("prompts", None) or ())
+    baselines = fields.pop("baseline", None)
     fields["baselines"] = tuple(baselines) if baselines else None
-    check_outputs(args.output_json, args.results_csv, args.profile)
-    return config.resolve(model_type, vision_language=vision_language, **fields)
+    check_outputs(fields.get("output_json"), fields.get("results_csv"), fields.get("profile"))
+    return config.resolve(model_type, vision_language=vision_language, serving=serving, **fields)
 
 
 def check_outputs(output_json, results_csv, profile):

@@ -2,7 +2,9 @@
 in every default (device, precision, backend, lengths, which decode kernels can run here) once;
 the engine reads the result and nothing changes it afterwards."""
 
+import dataclasses
 import importlib.util
+import random
 from dataclasses import dataclass
 
 import torch
@@ -10,12 +12,14 @@ import torch
 import backends
 import cache_modes
 import models
+from sampling import Sampling
 from utils import PRECISIONS, UserError, log, resolve_device, resolve_dtype
 
 BASELINES = ("hf_generate", "hf_compile", "no_cache")
 TUNE_MODES = ("decode", "all", "none")
 DECODE_KERNELS = ("triton", "sdpa")
 VISION_MODES = ("auto", "eager", "compile")
+MAX_DEFAULT_BATCH = 32  # prompts beyond it run in further batches unless --batch_size says otherwise
 
 
 @dataclass(frozen=True)
@@ -24,8 +28,10 @@ class RunConfig:
     model: str | None = None  # hub id or folder; None: the bundled default model
     tokenizer: str | None = None
     random_weights: bool = False
-    prompt: str | None = None
+    prompts: tuple[str, ...] = ()  # none: the default question
     chat_template: bool = True
+    interactive: bool = False  # a multi-turn chat on the terminal (chat.py)
+    stream: bool = False  # print the text as it is decoded
     image_path: str | None = None  # vision-language models
     vision: str = "auto"
     max_tiles: int | None = None
@@ -42,14 +48,21 @@ class RunConfig:
     build_cache: bool = True  # load a matching build from the build cache, or save this one there
     tune: str = "decode"  # Inductor's coordinate-descent tuning: decode graph, all graphs, none
     batch_size: int = 1
+    max_len: int | None = None  # the KV cache's positions (None: what the prompt needs, rounded up)
+    sampler: bool = False  # the graph samples (sampling.py); a row with temperature 0 stays greedy
     num_tokens: int = 64
     ignore_eos: bool = False
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
     # what to measure
     benchmark: bool = False
     isl: int = 2048
     iterations: int = 5
     warmup: int = 1
     enable_pytorch_run: bool = False
+    mixed_lengths: bool = False  # a batch's prompts of different lengths, left-padded
     baselines: tuple[str, ...] = ("hf_generate",)
     profile: str | None = None
     output_json: str | None = None
@@ -81,47 +94,80 @@ class RunConfig:
     def model_name(self):
         return self.model or models.DEFAULT_MODEL
 
+    @property
+    def sampling(self):
+        return Sampling(self.temperature, self.top_k, self.top_p, self.seed)
+
+
+def resolve_sampling(temperature, top_k, top_p, seed, serving=False):
+    """The sampling flags as one Sampling, checked; a sampled run without --seed gets a random
+    one, said in the log (and the JSON record), so it can be repeated. A server's flags are
+    only the defaults of requests that leave them out (and each request has its own seed)."""
+    sampling = Sampling(temperature or 0.0, top_k or 0, 1.0 if top_p is None else top_p, seed or 0)
+    problem = sampling.check()
+    if problem:
+        raise UserError(f"--{problem}")
+    if serving:
+        return sampling
+    if sampling.temperature == 0 and (top_k or top_p is not None or seed is not None):
+        raise UserError("--top_k, --top_p and --seed shape sampling, which needs --temperature > 0 "
+                        "(decoding is greedy without it)")
+    if sampling.temperature > 0 and seed is None:
+        sampling = dataclasses.replace(sampling, seed=random.randrange(1 << 31))
+        log(f"sampling with --seed {sampling.seed} (pass it to repeat this run)")
+    return sampling
+
 
 def triton_kernels_available(device, backend):
     """Our Triton decode kernels run on CUDA with triton installed, and not inside TensorRT."""
     return device.type == "cuda" and backend != "tensorrt" and importlib.util.find_spec("triton") is not None
 
 
-def check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, fields):
+def check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, batch_size, fields):
     """Refuse a flag that would have no effect in the chosen mode, and an empty or undecodable
     prompt: a silent default in their place would mislead."""
     if not benchmark:
         given = {"--isl": isl, "--iterations": iterations, "--warmup": warmup, "--baseline": baselines,
                  "--enable_pytorch_run": fields.get("enable_pytorch_run") or None,
-                 "--profile": fields.get("profile"), "--results_csv": fields.get("results_csv")}
+                 "--profile": fields.get("profile"), "--results_csv": fields.get("results_csv"),
+                 "--mixed_lengths": fields.get("mixed_lengths") or None}
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
             raise UserError(f"{', '.join(extra)} {'has' if len(extra) == 1 else 'have'} no effect without --benchmark")
     else:
-        if fields.get("prompt") is not None:
+        if fields.get("prompts"):
             raise UserError("--prompt has no effect with --benchmark, which times random prompt ids of --isl tokens")
+        if fields.get("interactive"):
+            raise UserError("--interactive and --benchmark are two different runs: choose one")
         if fields.get("ignore_eos"):
             raise UserError("--ignore_eos has no effect with --benchmark, which always generates --num_tokens tokens")
+        if fields.get("mixed_lengths") and (batch_size or 1) < 2:
+            raise UserError("--mixed_lengths spreads the prompt lengths of a batch: it needs --batch_size > 1")
         if num_tokens == 1:
             raise UserError("--benchmark needs --num_tokens >= 2: TPOT times the steps after the first token")
         if baselines is not None and not fields.get("enable_pytorch_run"):
             raise UserError("--baseline has no effect without --enable_pytorch_run")
-    prompt = fields.get("prompt")
-    if prompt is not None and not prompt.strip():
-        raise UserError("--prompt is empty")
-    try:
-        (prompt or "").encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError("--prompt is not valid UTF-8 text") from None
+    for prompt in fields.get("prompts", ()):
+        if not prompt.strip():
+            raise UserError("--prompt is empty")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError("--prompt is not valid UTF-8 text") from None
 
 
 def resolve(model_type, *, device="auto", precision=None, backend="auto", num_tokens=None, benchmark=False,
             decode_attention="triton", gated_down=True, isl=None, iterations=None, warmup=None, baselines=None,
-            vision_language=False, **fields):
+            vision_language=False, serving=False, batch_size=None, temperature=None, top_k=None, top_p=None, seed=None,
+            **fields):
     """The run's configuration with every default filled in, checked; ``model_type`` is the
     model config's (defaults differ per family). Other fields are RunConfig's, as given; None
-    means not given."""
-    check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, fields)
+    means not given. ``serving``: for serve.py, whose requests bring their own sampling."""
+    check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, batch_size, fields)
+    sampling = resolve_sampling(temperature, top_k, top_p, seed, serving)
+    prompts = fields.get("prompts", ())
+    if batch_size is None:  # a batch of the prompts given, up to MAX_DEFAULT_BATCH at a time
+        batch_size = min(max(len(prompts), 1), MAX_DEFAULT_BATCH)
     cache = fields.get("cache", RunConfig.cache)
     mode = cache_modes.MODES[cache]
     if fields.get("prefill_chunk") and not mode.FIXED_SHAPES:
@@ -146,7 +192,17 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
     elif vision_language and fields.get("enable_pytorch_run") and "no_cache" in baselines:
         raise UserError("--baseline no_cache is for text models; choose hf_generate, hf_compile or all")
     baselines = tuple(dict.fromkeys(baselines))
+    sampler = sampling.temperature > 0 or serving or fields.get("interactive", False)
+    if sampler and backend == "tensorrt":
+        raise UserError("sampling runs in the graph on --backend inductor or eager, not yet on tensorrt "
+                        "(greedy decoding runs there)")
+    if fields.get("stream") and batch_size > 1:
+        raise UserError("--stream prints one text as it is decoded: it needs a batch of one prompt")
+    if fields.get("interactive") and batch_size > 1:
+        raise UserError("--interactive holds one conversation: it needs --batch_size 1")
     return RunConfig(
+        batch_size=batch_size, sampler=sampler, temperature=sampling.temperature, top_k=sampling.top_k,
+        top_p=sampling.top_p, seed=sampling.seed,
         device=str(torch_device), precision=precision, backend=backend,
         num_tokens=num_tokens or (128 if benchmark else 64), benchmark=benchmark, isl=isl or RunConfig.isl,
         iterations=iterations or RunConfig.iterations, warmup=RunConfig.warmup if warmup is None else warmup,

@@ -29,16 +29,17 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
+def _attend_split(Q, K, V, Position, KeyStart, Out, Acc, Max, Sum,
                   q_sb, q_sh, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh,
                   keys_per_split,
                   QK_SCALE: tl.constexpr, WINDOW: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
                   GROUP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                  SINGLE: tl.constexpr, PDL: tl.constexpr):
+                  SINGLE: tl.constexpr, PDL: tl.constexpr, PADDED: tl.constexpr):
     """One (batch row, K/V head, split): online softmax over the split's visible keys for the
     GROUP query heads of that K/V head. The new token sits at ``Position``; key j is visible iff
     position - WINDOW < j <= position (no lower bound when WINDOW is 0), so the loop walks only
-    the visible tiles of the split (none, for a split past the position). Scores are in log2
+    the visible tiles of the split (none, for a split past the position). In a left-padded
+    batch (PADDED) row b's keys start at KeyStart[b]. Scores are in log2
     units (QK_SCALE includes log2(e)). The scale is a compile-time constant: passed as an
     argument, it reached the kernel as float64 when Inductor launched it, which made the
     softmax state float64 and failed to compile."""
@@ -57,8 +58,13 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
     position = tl.load(Position)
     start = split * keys_per_split
     end = tl.minimum(start + keys_per_split, position + 1)
-    if WINDOW > 0:  # skip whole tiles before the window (truncating division: start wins when negative)
-        start = tl.maximum(start, (position - WINDOW + 1) // BLOCK_N * BLOCK_N)
+    first_key = 0
+    if WINDOW > 0:
+        first_key = position - WINDOW + 1
+    if PADDED:
+        first_key = tl.maximum(first_key, tl.load(KeyStart + b))
+    # skip whole tiles before the first visible key (truncating division: start wins when negative)
+    start = tl.maximum(start, first_key // BLOCK_N * BLOCK_N)
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
@@ -66,9 +72,7 @@ def _attend_split(Q, K, V, Position, Out, Acc, Max, Sum,
     v_base = V + b * v_sb + h * v_sh
     for first in range(start, end, BLOCK_N):
         n = first + tl.arange(0, BLOCK_N)
-        visible = n < end
-        if WINDOW > 0:
-            visible = visible & (n > position - WINDOW)
+        visible = (n < end) & (n >= first_key)
         tile_ok = visible[:, None] & (d < D)[None, :]
         k = tl.load(k_base + n[:, None] * k_sn + d[None, :], mask=tile_ok, other=0.0)
         s = tl.dot(q, tl.trans(k)) * QK_SCALE
@@ -125,10 +129,12 @@ def plan(batch, kv_heads, num_keys, head_dim, num_sms, min_keys_per_split=MIN_KE
     return block_n, per_split, triton.cdiv(num_keys, per_split)
 
 
-def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_KEYS_PER_SPLIT, pdl=False):
+def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_KEYS_PER_SPLIT, pdl=False,
+           key_start=None):
     """q ``[B, Hq, 1, D]``, caches ``[B, Hkv, L, D]``, the new token's position (int64 ``[1]``,
     on the device) and sliding window (0: none) -> ``[B, 1, Hq, D]``, the layout the output
-    projection reads."""
+    projection reads. ``key_start`` (int64 ``[B]``): each row's first key, in a left-padded
+    batch."""
     batch, q_heads, _, head_dim = q.shape
     kv_heads, num_keys = k_cache.shape[1], k_cache.shape[2]
     group = q_heads // kv_heads
@@ -145,13 +151,13 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
         row_sum = torch.empty_like(row_max)
     launch(
         _attend_split, (batch * kv_heads, splits), pdl,
-        q, k_cache, v_cache, position, out, acc, row_max, row_sum,
+        q, k_cache, v_cache, position, position if key_start is None else key_start, out, acc, row_max, row_sum,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(2),
         per_split,
         QK_SCALE=scale * LOG2E, WINDOW=window, HKV=kv_heads, GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1,
+        D=head_dim, D_PAD=d_pad, BLOCK_N=block_n, SINGLE=splits == 1, PADDED=key_start is not None,
     )
     if splits > 1:
         launch(
@@ -164,32 +170,32 @@ def attend(q, k_cache, v_cache, position, scale, window, min_keys_per_split=MIN_
 
 @triton_op("tllm::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
-                     scale: float, window: int) -> torch.Tensor:
-    return attend(q, k_cache, v_cache, position, scale, window)
+                     scale: float, window: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
+    return attend(q, k_cache, v_cache, position, scale, window, key_start=key_start)
 
 
 # Launched from Python, each call costs far more host time than Inductor's launch of the
 # triton_op (benchmarks/HISTORY.md, af9d8f1); a CUDA graph pays it once, at capture.
 @torch.library.custom_op("tllm::decode_attention_pdl", mutates_args=())
 def decode_attention_pdl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
-                         scale: float, window: int) -> torch.Tensor:
-    return attend(q, k_cache, v_cache, position, scale, window, pdl=has_pdl(q.device.index or 0))
+                         scale: float, window: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
+    return attend(q, k_cache, v_cache, position, scale, window, pdl=has_pdl(q.device.index or 0), key_start=key_start)
 
 
 @decode_attention_pdl.register_fake
-def _decode_attention_pdl_fake(q, k_cache, v_cache, position, scale, window):
+def _decode_attention_pdl_fake(q, k_cache, v_cache, position, scale, window, key_start=None):
     batch, q_heads, _, head_dim = q.shape
     return q.new_empty((batch, 1, q_heads, head_dim))
 
 
-def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window, pdl=False):
+def split_k_cached_attention(q, k_cache, v_cache, mask, scale, position, window, pdl=False, key_start=None):
     """``cached_attention``, with one-token steps on the split-K Triton kernel, which takes the
     token's position and window instead of the mask (so no step builds a mask it does not
     read). A plain function in the graph: Dynamo inlines it, so each compiled step length gets
     its own choice."""
     if q.shape[2] == 1 and q.stride(-1) == 1 and q.shape[-1] == v_cache.shape[-1]:
         op = torch.ops.tllm.decode_attention_pdl if pdl else torch.ops.tllm.decode_attention
-        return op(q, k_cache, v_cache, position, scale, window)
+        return op(q, k_cache, v_cache, position, scale, window, key_start)
     return torch.ops.tllm.cached_attention(q, k_cache, v_cache, mask, scale)
 
 
@@ -202,9 +208,9 @@ def use_split_k_decode(gm, pdl=False):
     nodes = [n for n in gm.graph.nodes if n.target == torch.ops.tllm.cached_attention.default]
     if not nodes:
         return 0
-    position = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.target == "cache_position")
+    inputs = {n.target: n for n in gm.graph.nodes if n.op == "placeholder"}
     for node in nodes:
         node.target = split_k_cached_attention
-        node.args = (*node.args, position, node.meta["window"], pdl)
+        node.args = (*node.args, inputs["cache_position"], node.meta["window"], pdl, inputs.get("key_start"))
     gm.recompile()
     return len(nodes)

@@ -34,8 +34,8 @@ def new_state(shapes, batch_size, max_len, dtype, device, kept=None):
     return zero_caches(shapes, batch_size, 0, dtype, device)
 
 
-def call(graph, x, position_ids, state, start, cache_position):
-    logits, token, *grown = graph(x, position_ids, *state)
+def call(graph, inputs, state, start, cache_position):
+    logits, token, *grown = graph(*inputs, *state)
     return logits, token, grown
 
 

@@ -1,8 +1,9 @@
 """torch.export of a language model into a flat FX graph with one ``tllm::attention`` node per
 layer, and the small graph helpers the cache passes share.
 
-The graph's calling convention is positional: ``graph(*model_inputs, *cache_inputs)`` returns a
-tuple. For a language model, after ``add_next_token``, that is ``(logits, next_token,
+The graph's calling convention is positional: ``graph(*model_inputs, *row_inputs,
+*cache_inputs)`` returns a tuple (row inputs: per-row settings such as padding or sampling, named
+in ``gm.meta["row_inputs"]``). For a language model, after ``add_next_token``, that is ``(logits, next_token,
 *cache_outputs)``: float32 logits of the last position ``[B, V]`` and their argmax ``[B]``, the
 greedy next token. Each pass adds its inputs after the model's and its outputs after these two,
 and records what it added in ``gm.meta``.
@@ -103,6 +104,19 @@ def add_input(gm, name, example):
     with gm.graph.inserting_after(last):
         node = gm.graph.placeholder(name)
     node.meta["val"] = example
+    return node
+
+
+def add_row_input(gm, name, example):
+    """A per-row input (``[B]``: padding, sampling settings) placed after the model's inputs and
+    the row inputs added before it, whatever a cache pass added since: the calling convention
+    stays ``graph(*model_inputs, *row_inputs, *cache_inputs)``."""
+    rows = gm.meta.get("row_inputs", ())
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    with gm.graph.inserting_after(placeholders[len(gm.meta["seq_dims"]) + len(rows) - 1]):
+        node = gm.graph.placeholder(name)
+    node.meta["val"] = example
+    gm.meta["row_inputs"] = (*rows, name)  # a new tuple: the first-prefill graph's copy shares the dict's values
     return node
 
 

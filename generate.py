@@ -1,9 +1,16 @@
-"""Greedy generation over a rewritten graph: owns the KV cache for each cache mode, runs prefill
-(whole or in chunks) and decode steps, and optionally replays each step as a CUDA graph."""
+"""Generation over a rewritten graph: owns the KV cache for each cache mode and the graph's row
+inputs (padding, sampling settings), runs prefill (whole or in chunks) and decode steps,
+optionally replays each step as a CUDA graph, and turns a batch of prompts into each row's
+new tokens, handing them out as they come."""
 
 import torch
 
 import cache_modes
+from sampling import ROW_INPUTS, Sampling, row_values
+
+# A row input's value when nobody set it: no padding, greedy.
+ROW_DEFAULTS = {"key_start": 0, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+ROW_DTYPES = {"key_start": torch.int64, **dict(ROW_INPUTS)}
 
 
 class Generator:
@@ -11,13 +18,15 @@ class Generator:
 
     ``step(x, position_ids)`` feeds the next S positions (``x`` is token ids ``[B, S]`` or
     embeddings ``[B, S, H]``; positions ``[B, S]`` or ``[3, B, S]``, defaulting to the next
-    text positions) and returns float32 logits of the last position ``[B, V]`` and the greedy
-    next token ``[B]`` (their argmax, computed in the graph). ``cache`` names the mode
-    (``cache_modes.MODES``) that owns the cache's buffers and the graph's calling convention.
+    text positions of each row) and returns float32 logits of the last position ``[B, V]`` and
+    the next token ``[B]`` (their argmax, or a sample, computed in the graph). ``cache`` names
+    the mode (``cache_modes.MODES``) that owns the cache's buffers and the graph's calling
+    convention. ``row_inputs`` names the graph's per-row inputs (``gm.meta["row_inputs"]``),
+    held in ``self.rows`` and set with ``set_rows``.
     """
 
     def __init__(self, graph, cache_shapes, cache, batch_size, max_len, dtype, device, cudagraph=False,
-                 first_graph=None, fed_back=True):
+                 first_graph=None, fed_back=True, row_inputs=()):
         self.mode = cache_modes.MODES[cache]
         if cudagraph and (not self.mode.FIXED_SHAPES or device.type != "cuda"):
             raise ValueError("CUDA graphs need --cache static_v2 on a CUDA device")
@@ -31,18 +40,34 @@ class Generator:
         self.graphs = {}  # (sequence length, into an empty cache) -> captured step
         self.fed_back = None  # the captured step whose inputs are already the next greedy step's
         self.caches = None
+        # Captured steps read these tensors: set_rows writes into them, never replaces them.
+        self.rows = {name: torch.full((batch_size,), ROW_DEFAULTS[name], dtype=ROW_DTYPES[name], device=device)
+                     for name in row_inputs}
+        self.pads = self.rows.get("key_start", torch.zeros(batch_size, dtype=torch.int64, device=device))
         self.reset()
 
     def reset(self):
         """Forget the sequence (a static buffer is kept: rows past the length are never read)."""
         self.length = 0
         self.last_token, self.fed_back = None, None
+        self.pads.zero_()
         self.caches = self.mode.new_state(self.cache_shapes, self.batch_size, self.max_len, self.dtype, self.device,
                                           self.caches)
 
+    def set_rows(self, **values):
+        """Per-row values of the graph's row inputs (lists of ``batch_size``); an input this
+        graph does not take must be at its default (a greedy build cannot sample)."""
+        for name, given in values.items():
+            if name in self.rows:
+                self.rows[name].copy_(torch.tensor(given, dtype=ROW_DTYPES[name]))
+            elif any(v != ROW_DEFAULTS[name] for v in given):
+                built = "for one row" if name == "key_start" else "without sampling"
+                raise ValueError(f"this build has no {name} input (built {built})")
+
     def text_positions(self, length):
+        """Each row's next positions: its slots less its padding (a pad at 0: no one sees it)."""
         pos = torch.arange(self.length, self.length + length, device=self.device)
-        return pos[None, :].expand(self.batch_size, length)
+        return (pos[None, :] - self.pads[:, None]).clamp_min(0)
 
     @torch.no_grad()
     def step(self, x, position_ids=None):
@@ -76,7 +101,8 @@ class Generator:
 
     def _run(self, x, position_ids, cache_position, fresh=False):
         graph = self.first_graph if fresh else self.graph
-        logits, token, self.caches = self.mode.call(graph, x, position_ids, self.caches, self.length, cache_position)
+        inputs = (x, position_ids, *self.rows.values())
+        logits, token, self.caches = self.mode.call(graph, inputs, self.caches, self.length, cache_position)
         return logits, token
 
     def _capture(self, x, position_ids, fresh):
@@ -139,32 +165,98 @@ def prefill(gen, x, position_ids=None, chunk=0):
     return out
 
 
-def greedy(gen, first_token, num_tokens, eos_ids=(), embed=None, decode_positions=None, on_step=None):
-    """Greedy decoding from the prefill's next token ``[B]``: up to ``num_tokens`` new tokens per row.
-
-    Stops early when every row has produced an EOS id (pass no ids for a fixed length; then
-    no step waits on the host). Rows that finished keep emitting EOS. ``embed`` maps tokens
-    to the graph's input (identity for token-id graphs); ``decode_positions(length)`` gives
-    positions for models whose positions are not the text positions (M-RoPE).
-    """
-    eos = torch.tensor(sorted(eos_ids), device=first_token.device, dtype=torch.long)
-    token = first_token
-    done = torch.zeros_like(token, dtype=torch.bool)
-    tokens = []
-    for i in range(num_tokens):
-        if len(eos):
-            token = torch.where(done, eos[0], token)
-            done |= torch.isin(token, eos)
-        tokens.append(token)
-        if on_step:
-            on_step(i)
-        if i == num_tokens - 1 or (len(eos) and bool(done.all())):
-            break
-        if i > 0 and embed is None and decode_positions is None:
-            # the step's own choice, fed back (a finished row's later tokens are EOS regardless)
-            token = gen.next_token()
+def steps(gen, token, count, embed=None, decode_positions=None):
+    """The prefill's next token ``[B]``, then the tokens of up to ``count - 1`` decode steps, as
+    device tensors: nothing here waits for the device, so a consumer that stops reading stops
+    the decoding. ``embed`` maps tokens to the graph's input (token-id graphs: none);
+    ``decode_positions(length)`` gives positions for models whose positions are not the text
+    positions (M-RoPE)."""
+    for i in range(count):
+        yield token
+        if i == count - 1:
+            return
+        if embed is None and decode_positions is None:
+            token = gen.next_token()  # a replayed step has fed itself its own choice
             continue
         x = token[:, None] if embed is None else embed(token[:, None])
-        positions = decode_positions(gen.length) if decode_positions else None
-        token = gen.step(x, positions)[1]
-    return torch.stack(tokens, 1)
+        token = gen.step(x, decode_positions(gen.length) if decode_positions else None)[1]
+
+
+def _on_host(token):
+    """Start copying a step's tokens to the host; the returned function waits for that copy
+    only (not for steps enqueued after it) and gives a list."""
+    if token.device.type != "cuda":
+        return token.tolist
+    host = torch.empty(token.shape, dtype=token.dtype, pin_memory=True)
+    host.copy_(token, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return lambda: (copied.synchronize(), host.tolist())[1]
+
+
+def collect(token_steps, limits, eos_ids=(), on_step=None):
+    """Each row's new tokens from ``steps(...)``, up to and including its EOS, at most
+    ``limits[row]`` of them (rows with a limit of 0 take none). Step i is read while step i + 1
+    runs, so the host's reading, stopping checks and ``on_step`` cost the device no time; one
+    step past the end is wasted. ``on_step(tokens)``: per step, each row's new token or None
+    for a row already done; it may return rows to stop now."""
+    eos = set(eos_ids)
+    out = [[] for _ in limits]
+    done = [limit == 0 for limit in limits]
+
+    def take(tokens):
+        fresh = [None if done[r] else t for r, t in enumerate(tokens[: len(limits)])]
+        for r, t in enumerate(fresh):
+            if t is not None:
+                out[r].append(t)
+                done[r] = t in eos or len(out[r]) >= limits[r]
+        for r in (on_step(fresh) or ()) if on_step else ():
+            done[r] = True
+        return all(done)
+
+    pending = None
+    for token in token_steps:
+        ready = _on_host(token)
+        if pending is not None and take(pending()):
+            pending = None
+            break
+        pending = ready
+    if pending is not None and not all(done):
+        take(pending())
+    return out
+
+
+@torch.no_grad()
+def generate(gen, prompts, num_tokens, eos_ids=(), sampling=Sampling(), on_step=None, chunk=0, keep=False):
+    """New tokens for a batch of prompts (token-id lists, at most ``gen.batch_size``).
+
+    Prompts of different lengths are left-padded (the graph's ``padding`` pass hides the pads);
+    a batch with fewer prompts than rows fills the rest with copies that take no tokens.
+    ``num_tokens`` and ``sampling`` are one for all rows or one per prompt. Each row stops at
+    an id of ``eos_ids`` (kept) or its limit. ``keep`` (a batch of one): the prompt continues
+    the sequence in the cache rather than starting anew; afterwards the cache holds the prompt
+    and the new tokens, the last one too where a row stopped at EOS (``collect`` reads a step
+    late), so ``gen.length`` says how many. ``on_step``: as in ``collect``.
+    """
+    rows = len(prompts)
+    if not 0 < rows <= gen.batch_size or not all(prompts):
+        raise ValueError(f"{rows} prompts (each non-empty) for a batch of {gen.batch_size}")
+    limits = list(num_tokens) if isinstance(num_tokens, (list, tuple)) else [num_tokens] * rows
+    settings = list(sampling) if isinstance(sampling, (list, tuple)) else [sampling] * rows
+    if keep and gen.batch_size != 1:
+        raise ValueError("keep continues one sequence: it needs a batch of one")
+    longest, start = max(map(len, prompts)), gen.length if keep else 0
+    if start + longest + max(limits) - 1 > gen.max_len:
+        raise ValueError(f"{start + longest} positions and {max(limits)} new tokens exceed the cache length "
+                         f"{gen.max_len}")
+    spare = gen.batch_size - rows
+    prompts, limits = [*prompts, *[prompts[-1]] * spare], limits + [0] * spare
+    settings += settings[-1:] * spare
+    pads = [longest - len(p) for p in prompts]
+    # (a pad's id does not matter: no real position sees it)
+    ids = torch.tensor([[p[0]] * pad + list(p) for p, pad in zip(prompts, pads)], device=gen.device)
+    if not keep:
+        gen.reset()
+    gen.set_rows(key_start=pads, **row_values(settings))
+    _, token = prefill(gen, ids, chunk=chunk)
+    return collect(steps(gen, token, max(limits)), limits, eos_ids, on_step)[:rows]

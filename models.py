@@ -208,17 +208,30 @@ def eos_ids(*sources):
 CACHE_LENGTH_STEP = 256
 
 
-def cache_length(config, prompt_len, num_tokens, exact):
+SESSION_CACHE_LENGTH = 4096  # --interactive and serve.py, unless --max_len
+
+
+def positions(config):
+    """How many positions the model has."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
+
+
+def cache_length(config, prompt_len, num_tokens, exact, max_len=None):
     """The KV cache length for a prompt and ``num_tokens`` new tokens, or one UserError line when
-    the model's positions do not reach. Unless ``exact`` (a benchmark's cache holds exactly its
-    --isl and --num_tokens, as its figures always have), rounded up to a multiple of 256 within
-    the model's positions, so that prompts of about the same length share one build, which the
-    build cache then loads (a few hundred more cache rows cost little)."""
+    the model's positions (or ``max_len``, --max_len) do not reach. Unless ``exact`` (a
+    benchmark's cache holds exactly its --isl and --num_tokens, as its figures always have),
+    rounded up to a multiple of 256 within the model's positions, so that prompts of about the
+    same length share one build, which the build cache then loads (a few hundred more cache
+    rows cost little)."""
     needed = prompt_len + num_tokens
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1 << 20
-    if needed > limit:
-        raise UserError(f"{prompt_len} prompt tokens + {num_tokens} new tokens need {needed} positions but the "
-                        f"model has {limit}")
+    limit = positions(config)
+    if max_len and max_len > limit:
+        raise UserError(f"--max_len {max_len} is more than the model's {limit} positions")
+    if needed > (max_len or limit):
+        raise UserError(f"{prompt_len} prompt tokens + {num_tokens} new tokens need {needed} positions but "
+                        + (f"--max_len is {max_len}" if max_len else f"the model has {limit}"))
+    if max_len:
+        return max_len
     return needed if exact else min(-(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, limit)
 
 

@@ -15,10 +15,11 @@ def new_state(shapes, batch_size, max_len, dtype, device, kept=None):
     return []  # the inputs and positions seen so far
 
 
-def call(graph, x, position_ids, state, start, cache_position):
+def call(graph, inputs, state, start, cache_position):
+    x, position_ids, *rows = inputs
     if state:
         x, position_ids = torch.cat([state[0], x], 1), torch.cat([state[1], position_ids], -1)
-    logits, token = graph(x, position_ids)[:2]
+    logits, token = graph(x, position_ids, *rows)[:2]
     return logits, token, [x, position_ids]
 
 

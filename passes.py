@@ -10,7 +10,8 @@ export passes).
 
 For ``--backend inductor --cudagraph --cache static_v2`` on CUDA, ``plan`` gives:
 export: next_token, fuse_linears; step graph: cache, split_k_decode, gated_down, split_bias,
-layer_split; first graph: cache, layer_split (and split_bias with --tune all).
+layer_split; first graph: cache, layer_split (and split_bias with --tune all). Sampling adds
+``sample`` after ``next_token``; a batch of more than one row adds ``padding`` after ``cache``.
 """
 
 from collections.abc import Callable
@@ -23,6 +24,8 @@ import cache_modes
 import export_llm
 import fuse_linears
 import layer_split
+import padding
+import sampling
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,18 @@ def tuned(g):
 PASSES = (
     Pass("next_token", "export", lambda g: True, lambda gm, g: export_llm.add_next_token(gm),
          "last position's logits as float32 plus their argmax: decode needs nothing after the graph"),
+    Pass("sample", "export", lambda g: g.config.sampler,
+         lambda gm, g: sampling.apply(gm, g.config.batch_size),
+         "temperature, top-k and top-p drawn in the graph: a replayed decode step needs nothing from the host"),
     Pass("fuse_linears", "export", lambda g: True, lambda gm, g: fuse_linears.apply(gm).meta["fused_linears"],
          "q/k/v and gate/up as one GEMM each: one launch, not two or three, in a latency-bound step"),
     Pass("cache", "graph", lambda g: g.language and g.config.cache != "",
          lambda gm, g: cache_modes.MODES[g.config.cache].apply(
              gm, g.config.batch_size, g.max_len, inplace=g.config.backend != "tensorrt", fresh=g.kind == "first"),
          "the KV cache as graph inputs (and outputs where the backend cannot write in place)"),
+    Pass("padding", "graph", lambda g: g.language and g.config.batch_size > 1,
+         lambda gm, g: padding.apply(gm, g.config.batch_size),
+         "prompts of different lengths, left-padded: each row's attention skips its padding"),
     Pass("split_k_decode", "graph", lambda g: g.config.decode_attention == "triton" and g.kind == "step",
          _split_k_decode,
          "one-token attention on the split-K Triton kernel: SDPA keeps most SMs idle at batch 1"),

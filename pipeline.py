@@ -1,10 +1,12 @@
 """Build a Generator for a language model from a RunConfig (export -> passes -> compile ->
 warm-up, or a load from the build cache) with progress lines, and the run's shared JSON fields
-and greedy text output."""
+and text output."""
 
 import contextlib
 import copy
+import dataclasses
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -13,7 +15,8 @@ import build_cache
 import cache_modes
 import export_llm
 import passes
-from generate import Generator, greedy, prefill
+from generate import Generator, collect, prefill, steps
+from sampling import row_values
 from utils import log, process_age, versions
 
 
@@ -58,7 +61,8 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs,
 
             tensorrt_backend.enable_cudagraphs(True)
         gen = Generator(graph, gm.meta.get("cache_shapes", []), config.cache, config.batch_size, max_len, config.dtype,
-                        config.torch_device, cudagraph=own_cudagraph, first_graph=first_gm, fed_back=config.fed_back)
+                        config.torch_device, cudagraph=own_cudagraph, first_graph=first_gm, fed_back=config.fed_back,
+                        row_inputs=gm.meta.get("row_inputs", ()))
         if config.backend != "eager" or own_cudagraph:  # (eager PyTorch has nothing to compile or capture)
             warm_up(gen, warm_inputs, config, max_len)
         timings["compile_s"] = time.perf_counter() - start
@@ -98,6 +102,7 @@ def export_and_rewrite(module, example_inputs, seq_dims, config, max_len):
     # The first-prefill graph: the same module attributes (weights shared), its own graph.
     if cache_modes.MODES[config.cache].FIRST_GRAPH:
         graphs["first"] = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        graphs["first"].meta.update(gm.meta)  # (a new GraphModule starts with none)
     graphs["step"], step_notes = passes.run("graph", gm, passes.Graph(config, max_len))
     line = f"passes: {', '.join(notes)}; step graph: {', '.join(step_notes) or 'none'}"
     if "first" in graphs:
@@ -107,7 +112,23 @@ def export_and_rewrite(module, example_inputs, seq_dims, config, max_len):
     return graphs
 
 
-def run_record(config, source, prompt_len, timings, cached, **extra):
+@dataclass
+class Built:
+    """A language model ready to generate: its generator, tokenizer (None for a benchmark of
+    random ids), EOS ids, the run's JSON fields so far, and the model (the baselines run it)."""
+
+    gen: Generator
+    tokenizer: object
+    eos_ids: list
+    record: dict
+    model: object = None
+
+    @property
+    def max_len(self):
+        return self.gen.max_len
+
+
+def run_record(config, source, prompt_len, max_len, timings, cached, **extra):
     """The JSON fields every run shares (run_llm.py and run_vlm.py add their own); ``cached``:
     what the build cache did (``build_generator``)."""
     return {
@@ -125,26 +146,28 @@ def run_record(config, source, prompt_len, timings, cached, **extra):
         "batch_size": config.batch_size,
         "isl": prompt_len,
         "num_tokens": config.num_tokens,
+        "max_len": max_len,
+        "sampling": dataclasses.asdict(config.sampling) if config.sampler else None,
         "timings_s": timings,
         "build_cache": cached,
         "versions": versions(),
     }
 
 
-def until_eos(tokens, eos):
-    """The tokens up to and including the first EOS (later ones are padding)."""
-    ends = [i for i, t in enumerate(tokens) if t in eos]
-    return tokens[: ends[0] + 1] if ends else tokens
-
-
 def generate_text(gen, x, position_ids, input_ids, config, tokenizer, eos_ids, embed=None, decode_positions=None):
-    """Greedy generation from a prompt; prints the first row's text, returns the JSON fields."""
-    stop = [] if config.ignore_eos else eos_ids
+    """Generation from a prompt already embedded (a VLM's); prints the first row's text, returns
+    the JSON fields."""
+    gen.reset()
+    gen.set_rows(**row_values([config.sampling] * gen.batch_size))
     _, token = prefill(gen, x, position_ids, config.prefill_chunk)
-    rows = greedy(gen, token, config.num_tokens, stop, embed=embed, decode_positions=decode_positions).tolist()
-    new_tokens = [until_eos(row, stop) for row in rows]
-    # (BPE tokenizers ignore the clean-up anyway; saying so silences their warning)
-    texts = [tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
-             for row in new_tokens]
+    limits = [config.num_tokens] * gen.batch_size
+    rows = collect(steps(gen, token, config.num_tokens, embed, decode_positions), limits,
+                   () if config.ignore_eos else eos_ids)
+    texts = [decode_text(tokenizer, row) for row in rows]
     print(texts[0])
-    return dict(input_token_ids=input_ids.tolist(), generated_token_ids=new_tokens, generated_text=texts)
+    return dict(input_token_ids=input_ids.tolist(), generated_token_ids=rows, generated_text=texts)
+
+
+def decode_text(tokenizer, ids):
+    # (BPE tokenizers ignore the clean-up anyway; saying so silences their warning)
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()

@@ -12,7 +12,8 @@ the op nor the model copies the result (benchmarks/HISTORY.md, ab2c29a).
   Sq sits at absolute position Sk - Sq + i), optional sliding window. Used with no cache, with
   a concatenated cache, and over a prefix-sliced static cache.
 - ``tllm::cached_attention(q, k_cache, v_cache, mask, scale)``: attends over a whole
-  fixed-size cache buffer with a boolean ``[Sq, max_len]`` mask that the static_v2 pass builds
+  fixed-size cache buffer with a boolean ``[Sq, max_len]`` mask (``[B, Sq, max_len]`` in a
+  left-padded batch, where ``padding`` also points every ``tllm::attention`` here) that the static_v2 pass builds
   once per distinct window from the queries' absolute positions. Fixed shapes for every decode
   step, so it can be captured in a CUDA graph. ``decode_attention.use_split_k_decode`` points
   these nodes at its split-K Triton kernel for one-token steps on CUDA.
@@ -47,7 +48,8 @@ def _masked_gqa_sdpa(q, k, v, mask, scale):
     hkv = k.shape[1]
     group = hq // hkv
     q = q.reshape(b, hkv, group * sq, d)
-    mask = mask.repeat(group, 1)
+    # [Sq, Sk] for every row, or [B, Sq, Sk] per row (a left-padded batch: padding.py)
+    mask = mask.repeat(group, 1) if mask.dim() == 2 else mask.repeat(1, group, 1)[:, None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out.reshape(b, hq, sq, v.shape[-1])
 

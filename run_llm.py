@@ -5,32 +5,56 @@ compiler backend; generate greedily, or with --benchmark time it against PyTorch
     python run_llm.py --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --benchmark --isl 128
 """
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
 import benchmark
 import build_cache
+import chat
 import cli
 import models
 from config import RunConfig
 from export_llm import LastLogits
-from pipeline import build_generator, generate_text, run_record
-from utils import log, resolve_device
+from generate import generate
+from pipeline import Built, build_generator, decode_text, run_record
+from utils import UserError, log, resolve_device
+
+WARM_PROMPT = 16  # a chat's or a server's warm-up prompt: compiles the graphs before the first request
 
 DEFAULT_PROMPT = "What is the capital of France?"
 
 
-def encode_prompt(tokenizer, prompt, chat_template, batch_size, device):
-    if chat_template and tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
-        )
-    else:
-        ids = tokenizer(prompt)["input_ids"]
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    return torch.tensor([list(ids)] * batch_size, device=device)
+def prompt_ids(tokenizer, prompt, chat_template=True):
+    """Token ids of a text (one user message, under the chat template where asked and the
+    tokenizer has one) or of a list of chat messages."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return chat.conversation_ids(tokenizer, messages, chat_template)
+
+
+def read_prompts_file(path):
+    """The prompts of --prompts_file: one per line, or JSON lines with a "prompt" field."""
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--prompts_file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not lines:
+        raise UserError(f"--prompts_file {path} holds no prompt")
+    if not lines[0].lstrip().startswith("{"):
+        return lines
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            prompt = json.loads(line)["prompt"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"--prompts_file {path}, line {number}: not a JSON object with a \"prompt\" "
+                            "string") from None
+        if not isinstance(prompt, str):
+            raise UserError(f"--prompts_file {path}, line {number}: \"prompt\" is not a string")
+        prompts.append(prompt)
+    return prompts
 
 
 def text_inputs(batch_size, vocab_size, device):
@@ -45,52 +69,151 @@ def text_inputs(batch_size, vocab_size, device):
 
 def parse(argv=None) -> RunConfig:
     """The command line as a resolved RunConfig."""
-    args = cli.add_common_args(cli.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
+    parser = cli.add_common_args(cli.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--prompts_file", help="prompts, one per line (or JSON lines with a \"prompt\" field), "
+                                               "run as batches of --batch_size")
+    parser.add_argument("--interactive", action="store_true",
+                        help="chat on the terminal, turn by turn, with the model's chat template (implies --stream)")
+    args = parser.parse_args(argv)
     args.device = str(resolve_device(args.device))  # before anything slow: no GPU fails at once
+    if args.prompts_file:
+        if args.prompts:
+            raise UserError("--prompt and --prompts_file both give the prompts: choose one")
+        args.prompts = read_prompts_file(args.prompts_file)
+    del args.prompts_file
+    if args.interactive and args.prompts:
+        raise UserError("--interactive reads the prompts from the terminal: no --prompt")
     model_config = models.load_config(args.model, args.random_weights)
     return cli.run_config(args, model_config.model_type)
 
 
-def run(config: RunConfig) -> dict:
-    """Load, build, then generate or benchmark; returns the run's JSON record (also written to
-    --output_json)."""
+def build(config: RunConfig, prompt_len=None, tokenizer=None) -> Built:
+    """Load the model (and, unless benchmarking, its tokenizer) and build its generator. The
+    cache holds ``prompt_len`` + --num_tokens positions (rounded up; --benchmark: --isl exactly),
+    or --max_len; with no ``prompt_len`` (a chat, a server) 4096 or the model's positions."""
     device = config.torch_device
     model_config = models.load_config(config.model, config.random_weights)
     models.check_architecture(model_config)
-    tokenizer = None
-    # The prompt first: a tokenizer or prompt that cannot work fails before the weights load.
-    if not config.benchmark:
-        tokenizer = models.prompt_tokenizer(config.model, config.random_weights, config.tokenizer, model_config)
-        models.require_tokenizer(tokenizer, config.model_name)
-        input_ids = encode_prompt(tokenizer, config.prompt or DEFAULT_PROMPT, config.chat_template,
-                                  config.batch_size, device)
-        models.check_token_ids(input_ids, model_config,
-                               f"--tokenizer {config.tokenizer}" if config.tokenizer else "the model's tokenizer")
-    prompt_len = config.isl if config.benchmark else input_ids.shape[1]
-    max_len = models.cache_length(model_config, prompt_len, config.num_tokens, exact=config.benchmark)
+    if tokenizer is None and (not config.benchmark or config.stream):  # (a streamed benchmark decodes text)
+        tokenizer = load_tokenizer(config, model_config)
+    if config.benchmark:
+        prompt_len = config.isl
+    if prompt_len is None:
+        max_len = config.max_len or min(models.SESSION_CACHE_LENGTH, models.positions(model_config))
+        models.cache_length(model_config, 1, config.num_tokens, False, max_len)  # (checks --max_len)
+    else:
+        max_len = models.cache_length(model_config, prompt_len, config.num_tokens, config.benchmark, config.max_len)
     log(f"loading {config.model_name} ({'random weights' if config.random_weights else 'weights'}, "
         f"{config.precision}, {device})")
     start = time.perf_counter()
     model, _, source = models.load_model(config.model, config.random_weights, config.dtype, device,
                                          with_tokenizer=False, config=model_config)
     load_s = time.perf_counter() - start
-    if config.benchmark:  # (drawn after the weights, from the generator their seed left, as before)
-        input_ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.isl), device=device)
-
     make_inputs = text_inputs(config.batch_size, model.config.vocab_size, device)
+    # Warm up on the prompt's shape, so the first real prefill compiles (and captures) nothing.
+    warm = make_inputs(config.isl if config.benchmark else min(prompt_len or WARM_PROMPT, max_len - 1))[0]
     identity = build_cache.model_identity(source, config.random_weights, model_config)
-    gen, timings, cached = build_generator(LastLogits(model), make_inputs, (1, 1), config, max_len, (input_ids, None),
+    gen, timings, cached = build_generator(LastLogits(model), make_inputs, (1, 1), config, max_len, (warm, None),
                                            identity)
     timings["load_s"] = load_s
-    result = run_record(config, source, prompt_len, timings, cached)
+    eos = [] if tokenizer is None else models.eos_ids(model.generation_config, model.config, tokenizer)
+    return Built(gen, tokenizer, eos, run_record(config, source, prompt_len, max_len, timings, cached), model)
+
+
+def load_tokenizer(config, model_config):
+    """The prompt's tokenizer, found before any weights load: one that cannot work fails first."""
+    tokenizer = models.prompt_tokenizer(config.model, config.random_weights, config.tokenizer, model_config)
+    models.require_tokenizer(tokenizer, config.model_name)
+    return tokenizer
+
+
+def encode_prompts(config, tokenizer, model_config):
+    """Each prompt's ids (the default question where none is given; one prompt fills a batch)."""
+    texts = list(config.prompts) or [DEFAULT_PROMPT]
+    if len(texts) == 1:
+        texts *= config.batch_size
+    ids = [prompt_ids(tokenizer, text, config.chat_template) for text in texts]
+    name = f"--tokenizer {config.tokenizer}" if config.tokenizer else "the model's tokenizer"
+    for row in ids:
+        models.check_token_ids(torch.tensor([row]), model_config, name)
+    return texts, ids
+
+
+def generate_all(built, texts, ids, config):
+    """Each prompt's new tokens and text, in batches of --batch_size; prints each answer
+    (streamed with --stream) and returns the JSON fields, one entry per prompt."""
+    stop = [] if config.ignore_eos else built.eos_ids
+    out = {"prompts": texts, "input_token_ids": ids, "generated_token_ids": [], "generated_text": [],
+           "finish_reasons": []}
+    for first in range(0, len(ids), config.batch_size):
+        batch = ids[first:first + config.batch_size]
+        on_step, end = stream_printer(built.tokenizer, batch[0]) if config.stream else (None, None)
+        rows = generate(built.gen, batch, config.num_tokens, stop, config.sampling, on_step, config.prefill_chunk)
+        if end:
+            end()
+        for number, row in enumerate(rows, first):
+            text = decode_text(built.tokenizer, row)
+            if not config.stream:
+                print(text if len(ids) == 1 else f"[{number}] {text}")
+            out["generated_token_ids"].append(row)
+            out["generated_text"].append(text)
+            out["finish_reasons"].append("stop" if row and row[-1] in stop else "length")
+    return out
+
+
+def stream_printer(tokenizer, prompt):
+    """An ``on_step`` that prints the first row's text as it is decoded, and the function that
+    ends it."""
+    import detokenize
+
+    text = detokenize.Detokenizer(tokenizer, prompt)
+    started = False
+
+    def show(piece):
+        nonlocal started
+        if not started:  # (the answer's leading spaces, as the whole text is stripped)
+            piece = piece.lstrip()
+            started = bool(piece)
+        print(piece, end="", flush=True)
+
+    def on_step(tokens):
+        if tokens[0] is not None:
+            show(text.push(tokens[0]))
+
+    def end():
+        show(text.flush())
+        print()
+
+    return on_step, end
+
+
+def run(config: RunConfig) -> dict:
+    """Load, build, then generate, chat or benchmark; returns the run's JSON record (also written
+    to --output_json)."""
+    if config.interactive:
+        built = build(config)
+        result = {**built.record, "chat": chat.run(built, config)}
+        cli.write_result(result, config)
+        return result
+    model_config = models.load_config(config.model, config.random_weights)
+    models.check_architecture(model_config)
+    tokenizer = texts = ids = None
+    # The prompt first: a tokenizer or prompt that cannot work fails before the weights load.
+    if not config.benchmark:
+        tokenizer = load_tokenizer(config, model_config)
+        texts, ids = encode_prompts(config, tokenizer, model_config)
+    built = build(config, None if config.benchmark else max(map(len, ids)), tokenizer)
+    result = dict(built.record)
     if config.benchmark:
-        result["benchmark"] = benchmark.run(gen, input_ids, config, model)
+        # (drawn after the weights, from the generator their seed left, as before)
+        input_ids = torch.randint(0, model_config.vocab_size, (config.batch_size, config.isl),
+                                  device=config.torch_device)
+        result["benchmark"] = benchmark.run(built.gen, input_ids, config, built.model, tokenizer=built.tokenizer)
         if config.enable_pytorch_run:
-            result["baselines"] = benchmark.run_baselines(model, input_ids, config)
+            result["baselines"] = benchmark.run_baselines(built.model, input_ids, config)
         benchmark.report(result, config)
     else:
-        eos = models.eos_ids(model.generation_config, model.config, tokenizer)
-        result.update(generate_text(gen, input_ids, None, input_ids, config, tokenizer, eos))
+        result.update(generate_all(built, texts, ids, config))
     cli.write_result(result, config)
     return result
 

@@ -149,7 +149,7 @@ def prompt_input_ids(vlm: VisionLanguageModel, config):
                 f"more than --isl {config.isl})")
     else:
         models.require_tokenizer(vlm.tokenizer, config.model_name)
-        ids = vlm.prompt_ids(vlm.encode_text(config.prompt or DEFAULT_PROMPT), chat)
+        ids = vlm.prompt_ids(vlm.encode_text(config.prompts[0] if config.prompts else DEFAULT_PROMPT), chat)
     return torch.tensor([ids] * config.batch_size, device=config.torch_device)
 
 
@@ -181,6 +181,8 @@ def parse(argv=None) -> RunConfig:
     model_config = models.load_config(args.model, args.random_weights)
     if args.max_tiles and model_family(model_config) is not eagle2.Eagle2VL:
         raise UserError("--max_tiles is for Eagle2 (Qwen2.5-VL does not tile images)")
+    if len(args.prompts or ()) > 1 or args.stream:
+        raise UserError("run_vlm.py takes one --prompt about its image and prints the answer whole")
     return cli.run_config(args, model_config.model_type, vision_language=True)
 
 
@@ -225,12 +227,12 @@ def run(config: RunConfig) -> dict:
     vlm.set_image(image, compiled=mode == "compile")
     input_ids = prompt_input_ids(vlm, config)
     prompt_len = input_ids.shape[1]
-    max_len = models.cache_length(vlm.text_config, prompt_len, config.num_tokens, exact=config.benchmark)
+    max_len = models.cache_length(vlm.text_config, prompt_len, config.num_tokens, config.benchmark, config.max_len)
     identity = build_cache.model_identity(vlm.source, config.random_weights, model_config)
     gen, vision, (embeds, position_ids), mode, timings, cached = build(vlm, config, input_ids, mode, max_len,
                                                                        identity)
     timings["load_s"] = load_s
-    result = run_record(config, vlm.source, prompt_len, timings, cached, image=config.image_path,
+    result = run_record(config, vlm.source, prompt_len, max_len, timings, cached, image=config.image_path,
                         image_tokens=vlm.num_image_tokens, vision=mode)
     if config.benchmark:
         result["benchmark"] = benchmark.run(gen, input_ids, config, vlm.text_model, vision=vision,

@@ -42,8 +42,8 @@ def new_state(shapes, batch_size, max_len, dtype, device, kept=None):
     return kept or zero_caches(shapes, batch_size, max_len, dtype, device)
 
 
-def call(graph, x, position_ids, state, start, cache_position):
-    logits, token, *updated = graph(x, position_ids, *state, start)
+def call(graph, inputs, state, start, cache_position):
+    logits, token, *updated = graph(*inputs, *state, start)
     return logits, token, updated
 
 

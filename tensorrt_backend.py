@@ -16,9 +16,10 @@ from utils import log
 
 
 def _dynamic_shapes(gm, args, max_len):
-    """The model inputs' sequence dims, then what the cache mode says of the inputs it added."""
+    """The model inputs' sequence dims, the row inputs' static shapes, then what the cache mode
+    says of the inputs it added."""
     seq = Dim("seq", min=1, max=max_len)
-    specs = [{d: seq} for d in gm.meta["seq_dims"]]
+    specs = [{d: seq} for d in gm.meta["seq_dims"]] + [None] * len(gm.meta.get("row_inputs", ()))
     specs += cache_modes.MODES[gm.meta["cache"]].tensorrt_shapes(len(args) - len(specs), seq, max_len)
     return tuple(specs)
 

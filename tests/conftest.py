@@ -19,6 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# Under pytest-xdist each worker takes one core: two workers of two threads each on the CI
+# machine's two cores ran a CPU decode step up to 8x slower than one thread each.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def build_cache_dir(tmp_path, monkeypatch):
@@ -60,4 +65,22 @@ def tiny_llama_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(tiny_config("llama")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory):
+    """A saved tiny random Llama with the bundled SmolLM2 tokenizer and chat template in its
+    folder (vocabulary 49152, untied embeddings so random logits are not near-tied): the CLI
+    runs as with a real model, in a second of export instead of ten."""
+    import transformers
+
+    import models
+    from tiny import tiny_config
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    torch.manual_seed(0)
+    config = tiny_config("llama", vocab_size=49152, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(models.smollm2_dir()).save_pretrained(folder)
     return folder

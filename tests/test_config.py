@@ -113,7 +113,7 @@ def test_parse_gives_what_resolve_gives():
     assert run_llm.parse(argv) == want
     assert (want.isl, want.iterations, want.warmup, want.baselines) == (16, 2, 0, config.BASELINES)
     argv = ["--model", "gpt2", "--random_weights", "--no_chat_template", "--prompt", "hi", "--prefill_chunk", "4"]
-    want = resolve("gpt2", model="gpt2", random_weights=True, chat_template=False, prompt="hi", prefill_chunk=4)
+    want = resolve("gpt2", model="gpt2", random_weights=True, chat_template=False, prompts=("hi",), prefill_chunk=4)
     assert run_llm.parse(argv) == want
     assert run_llm.parse(["--model", "gpt2", "--random_weights"]) == resolve("gpt2", model="gpt2",
                                                                              random_weights=True)

@@ -44,3 +44,20 @@ def test_decode_attention_matches_masked_sdpa(case, device):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     fake = decode_attention._decode_attention_pdl_fake(q, k, v, position, d**-0.5, window)
     assert (fake.shape, fake.stride(), fake.dtype) == (got.shape, got.stride(), got.dtype)
+
+
+@pytest.mark.parametrize("window", [0, 48])
+def test_left_padded_rows_skip_their_padding(device, window):
+    """Each row's keys start at its own ``key_start`` (a left-padded batch): the kernel equals
+    masked SDPA with that row's padding hidden, across split boundaries (rows padded by 0, 37,
+    130 and 199 of 200 keys, splits of 64)."""
+    torch.manual_seed(0)
+    b, hq, hkv, d, keys, position = 4, 4, 2, 64, 256, 199
+    q = torch.randn(b, hq, 1, d, device=device)
+    k, v = (torch.randn(b, hkv, keys, d, device=device) for _ in range(2))
+    position, key_start = torch.tensor([position], device=device), torch.tensor([0, 37, 130, 199], device=device)
+    got = decode_attention.attend(q, k, v, position, d**-0.5, window, min_keys_per_split=64, key_start=key_start)
+    mask = register_sdpa.visible_keys(position, keys, window)[None] & (torch.arange(keys, device=device)
+                                                                       >= key_start[:, None])[:, None, :]
+    want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, d**-0.5).transpose(1, 2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

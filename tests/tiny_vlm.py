@@ -14,7 +14,7 @@ import models
 import qwen_vl
 import register_sdpa
 import run_vlm
-from generate import greedy, prefill
+from generate import collect, prefill, steps
 
 NEW_TOKENS = 24
 # Our attention op in the language model, stock SDPA in the (bidirectional) vision tower.
@@ -103,5 +103,7 @@ def run_pipeline(vlm, run, num_tokens=NEW_TOKENS):
         return out
 
     gen.step = record
-    tokens = greedy(gen, first_token, num_tokens, embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)
+    token_steps = steps(gen, first_token, num_tokens, vlm.embed_tokens, vlm.decode_positions)
+    rows = collect(token_steps, [num_tokens] * len(embeds))
+    tokens = torch.tensor(rows, device=first_token.device)
     return input_ids, logits, tokens
