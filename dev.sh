@@ -2,6 +2,7 @@
 # Set up the environment from nothing and run the toolkit or its tests:
 #   ./dev.sh run [run_llm.py flags]    generate with the bundled default model
 #   ./dev.sh test [pytest flags]       the lint (ruff) and the CPU test suite
+#   ./dev.sh serve [serve.py flags]    the OpenAI-compatible server (the bundled model by default)
 #   ./dev.sh cache list|clear          the build cache (build_cache.py)
 #   ./dev.sh setup                     only create .venv (pinned packages, offline assets)
 set -euo pipefail
@@ -29,9 +30,10 @@ case "$cmd" in
   setup) setup ;;
   run) setup; exec "$VENV/bin/python" run_llm.py "$@" ;;
   vlm) setup; exec "$VENV/bin/python" run_vlm.py "$@" ;;
+  serve) setup; exec "$VENV/bin/python" serve.py "$@" ;;
   cache) setup; exec "$VENV/bin/python" build_cache.py "$@" ;;
   # Two workers, a test file each at a time (module fixtures stay in one process): the suite is
   # mostly single-threaded Python (export, tracing), so two cores take 4 min where one took 6.
   test) setup; "$VENV/bin/ruff" check --quiet . && exec "$VENV/bin/python" -m pytest -q -n 2 --dist loadfile tests "$@" ;;
-  *) echo "usage: ./dev.sh run|vlm|test|cache|setup [args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh run|vlm|serve|test|cache|setup [args]" >&2; exit 2 ;;
 esac
