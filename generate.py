@@ -3,6 +3,8 @@ inputs (padding, sampling settings), runs prefill (whole or in chunks) and decod
 optionally replays each step as a CUDA graph, and turns a batch of prompts into each row's
 new tokens, handing them out as they come."""
 
+import collections
+
 import torch
 
 import cache_modes
@@ -11,6 +13,7 @@ from sampling import ROW_INPUTS, Sampling, row_values
 # A row input's value when nobody set it: no padding, greedy.
 ROW_DEFAULTS = {"key_start": 0, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
 ROW_DTYPES = {"key_start": torch.int64, **dict(ROW_INPUTS)}
+MAX_PROMPT_GRAPHS = 16  # captured prompt lengths kept (CUDA graphs)
 
 
 class Generator:
@@ -37,7 +40,8 @@ class Generator:
         self.batch_size, self.max_len, self.dtype, self.device = batch_size, max_len, dtype, device
         self.cache_shapes = cache_shapes
         self.cudagraph, self.feed_back = cudagraph, fed_back
-        self.graphs = {}  # (sequence length, into an empty cache) -> captured step
+        # (sequence length, into an empty cache) -> captured step, least recently used first
+        self.graphs = collections.OrderedDict()
         self.fed_back = None  # the captured step whose inputs are already the next greedy step's
         self.caches = None
         # Captured steps read these tensors: set_rows writes into them, never replaces them.
@@ -79,6 +83,7 @@ class Generator:
         fresh = self.length == 0 and self.first_graph is not None
         if self.cudagraph:
             graph = self.graphs.get((s, fresh)) or self._capture(x, position_ids, fresh)
+            self.graphs.move_to_end((s, fresh))
             out = graph.replay(x, position_ids, self.length)
             self.fed_back = graph if graph.feeds_back and self.feed_back else None
         else:
@@ -110,6 +115,11 @@ class Generator:
         step, and each prefill length), to be replayed with new inputs copied in."""
         graph = _CapturedStep(self, x, position_ids, fresh)
         self.graphs[x.shape[1], fresh] = graph
+        # Each prompt length holds its own graph and memory pool: a server or a chat, which see
+        # many lengths, keep the most recent few (a one-token step is never let go).
+        prompts = [key for key in self.graphs if key[0] > 1]
+        for key in prompts[: max(0, len(prompts) - MAX_PROMPT_GRAPHS)]:
+            del self.graphs[key]
         return graph
 
 

@@ -1,5 +1,6 @@
 """Generation as users call it: batches of different prompts (left-padded) against each prompt
-alone and against Hugging Face ``generate`` with left padding, per-row EOS and limits, and
+alone and against Hugging Face ``generate`` with left padding (every family; every cache mode
+on three of them), per-row EOS and limits, and
 sampling in the graph (top-k 1 is greedy, draws follow Hugging Face's filtered distribution,
 a seed repeats); then the CLI's prompt files, sampling flags and streaming."""
 
@@ -63,11 +64,13 @@ def test_padded_batch_equals_alone_and_transformers(family):
 @pytest.mark.parametrize("cache", CACHE_MODES[1:])
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
 def test_padded_batch_equals_alone_in_every_cache_mode(family, cache):
-    ours, _ = tiny_pair(family)
+    ours, ref = tiny_pair(family)
     prompts = random_prompts(ours.config.vocab_size)
     batch = generate(build_for(ours, 3, cache), prompts, NEW)
     one = build_for(ours, 1, cache)
     assert batch == [generate(one, [p], NEW)[0] for p in prompts]
+    for prompt, row, expected in zip(prompts, batch, hf_left_padded(ref, prompts, NEW)):
+        assert_same_or_tied(ref, prompt, row, expected)
 
 
 def test_chunked_prefill_of_a_padded_batch():
