@@ -1,0 +1,79 @@
+"""Time the in-graph sampler (``sampling.sample``) and its pieces on one row of Llama 3's
+128256-token vocabulary, each compiled with ``torch.compile`` and replayed 100 times back to
+back in a CUDA graph: the whole sampler at 1024, 256 and 64 candidates, ``torch.topk`` alone
+at those sizes and in two stages (the best of each of 128 slices, then the best of those), the
+vocabulary-wide Gumbel noise and argmax alone, and the greedy argmax. Measured on an H200 the
+whole sampler added 0.116 ms to a 0.816 ms decode step (BENCHMARKS.md); this says which piece
+to cut. Needs a CUDA GPU.
+
+    python3 benchmarks/sampler_bench.py [--json PATH]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import sampling  # noqa: E402
+from benchmark import graph_us_per_call  # noqa: E402
+
+VOCAB = 128256
+
+
+def two_stage_topk(x, k, slices=128):
+    """``x.topk(k)`` as the best k of each of ``slices`` slices (one thread block each), then the
+    best k of those."""
+    rows, size = x.shape
+    x = torch.nn.functional.pad(x, (0, -size % slices), value=float("-inf"))
+    width = x.shape[1] // slices
+    values, ids = x.view(rows, slices, width).topk(k, -1)
+    ids = ids + torch.arange(slices, device=x.device)[:, None] * width
+    values, picked = values.reshape(rows, -1).topk(k, -1)
+    return values, ids.reshape(rows, -1).gather(1, picked)
+
+
+def with_candidates(count, *args):
+    """``sampling.sample`` with ``count`` candidates (read when the function is traced)."""
+    kept, sampling.CANDIDATES = sampling.CANDIDATES, count
+    try:
+        return sampling.sample(*args)
+    finally:
+        sampling.CANDIDATES = kept
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    logits = torch.randn(1, VOCAB, device=cuda) * 3
+    greedy = logits.argmax(-1)
+    position = torch.full((1, 1), 200, device=cuda)
+    row = dict(temperature=torch.tensor([0.8], device=cuda), top_k=torch.tensor([50], device=cuda),
+               top_p=torch.tensor([0.9], device=cuda), seed=torch.tensor([1], device=cuda))
+    inputs = (logits, greedy, position, *row.values())
+    vocab = torch.arange(VOCAB, device=cuda)[None]
+    variants = {
+        "greedy argmax": lambda: logits.argmax(-1),
+        "Gumbel noise + argmax, whole vocabulary": lambda: torch.argmax(
+            logits / 0.8 + sampling.gumbel(row["seed"], position[:, -1], vocab), -1),
+        **{f"sample, {k} candidates": (lambda k=k: with_candidates(k, *inputs)) for k in (1024, 256, 64)},
+        **{f"topk {k}": (lambda k=k: logits.topk(k, -1)) for k in (1024, 256, 64)},
+        **{f"two-stage topk {k}": (lambda k=k: two_stage_topk(logits, k)) for k in (256, 64)},
+    }
+    figures = {}
+    for name, call in variants.items():
+        torch._dynamo.reset()
+        compiled = torch.compile(call)
+        figures[name] = graph_us_per_call([compiled] * 100)
+        print(f"{name:42} {figures[name]:8.1f} us")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"card": torch.cuda.get_device_name(), "us": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
