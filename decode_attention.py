@@ -61,8 +61,8 @@ def _attend_split(Q, K, V, Position, KeyStart, Out, Acc, Max, Sum,
     first_key = 0
     if WINDOW > 0:
         first_key = position - WINDOW + 1
-    if PADDED:
-        first_key = tl.maximum(first_key, tl.load(KeyStart + b))
+    if PADDED:  # (a pad position, before its row's first key, sees itself: no 0/0)
+        first_key = tl.minimum(tl.maximum(first_key, tl.load(KeyStart + b)), position)
     # skip whole tiles before the first visible key (truncating division: start wins when negative)
     start = tl.maximum(start, first_key // BLOCK_N * BLOCK_N)
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)

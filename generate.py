@@ -128,10 +128,11 @@ class _CapturedStep:
 
     def __init__(self, gen, x, position_ids, fresh):
         self.x, self.position_ids = x.clone(), position_ids.clone()
-        # A one-token step over token ids also writes the next greedy step's inputs (its token,
-        # positions + 1) at its end, so that greedy decoding replays with no host-side work
-        # between steps; replay() overwrites them for any other input.
-        self.feeds_back = x.shape[1] == 1 and not x.is_floating_point()
+        # A one-token decode step over token ids also writes the next step's inputs (its token,
+        # positions + 1) at its end, so that decoding replays with no host-side work between
+        # steps; replay() overwrites them for any other input. Not a one-token prompt into an
+        # empty cache: that graph attends over its new rows only and cannot decode.
+        self.feeds_back = x.shape[1] == 1 and not x.is_floating_point() and not fresh
         self.cache_position = torch.arange(gen.length, gen.length + x.shape[1], device=gen.device)
         self.offsets = torch.arange(x.shape[1], device=gen.device)
         # Warm up on a side stream (compilers compile and autotune here). Each run writes the

@@ -36,8 +36,10 @@ class Sampling:
         """None, or what is wrong (one line)."""
         if not self.temperature >= 0:
             return f"temperature must be >= 0, got {self.temperature}"
-        if self.top_k < 0:
-            return f"top_k must be >= 0, got {self.top_k}"
+        if not 0 <= self.top_k < 1 << 31:
+            return f"top_k must be in [0, 2^31), got {self.top_k}"
+        if not 0 <= self.seed < 1 << 63:  # (an int64 input of the graph)
+            return f"seed must be in [0, 2^63), got {self.seed}"
         if not 0 < self.top_p <= 1:
             return f"top_p must be in (0, 1], got {self.top_p}"
         return None

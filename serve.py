@@ -71,8 +71,8 @@ class Sampled(BaseModel):
     model: str | None = None  # None: the one served model
     temperature: Annotated[float, Field(ge=0)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extra field; 0 or -1: off
-    seed: Annotated[int, Field(ge=-(1 << 63), lt=1 << 63)] | None = None  # the graph holds it as int64
+    top_k: Annotated[int, Field(ge=-1, lt=1 << 31)] | None = None  # vLLM's extra field; 0 or -1: off
+    seed: Annotated[int, Field(ge=0, lt=1 << 63)] | None = None  # the graph holds it as int64
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None

@@ -61,3 +61,16 @@ def test_left_padded_rows_skip_their_padding(device, window):
                                                                        >= key_start[:, None])[:, None, :]
     want = register_sdpa._masked_gqa_sdpa(q, k, v, mask, d**-0.5).transpose(1, 2)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_pad_position_sees_only_itself(device):
+    """A one-token step at a pad position (a padded batch fed in one-token chunks) attends to
+    its own key alone, as the masked op does, rather than to nothing (0/0, NaN in its K/V)."""
+    torch.manual_seed(0)
+    b, hq, hkv, d, keys, position = 2, 4, 2, 64, 256, 150
+    q = torch.randn(b, hq, 1, d, device=device)
+    k, v = (torch.randn(b, hkv, keys, d, device=device) for _ in range(2))
+    got = decode_attention.attend(q, k, v, torch.tensor([position], device=device), d**-0.5, 0,
+                                  min_keys_per_split=64, key_start=torch.tensor([0, 200], device=device))
+    own = v[1, :, position].repeat_interleave(hq // hkv, 0)  # each query head's K/V head
+    torch.testing.assert_close(got[1, 0], own, atol=1e-5, rtol=1e-5)

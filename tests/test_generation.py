@@ -212,6 +212,7 @@ def test_streamed_text_equals_the_whole_text(tiny_chat_dir, tmp_path, capsys):
     (["--prompts_file", "/nonexistent/prompts.txt"], "--prompts_file /nonexistent/prompts.txt"),
     (["--prompt", "a", "--prompts_file", "x"], "choose one"),
     (["--max_len", "8", "--num_tokens", "16"], "--max_len is 8"),
+    (["--temperature", "1", "--seed", str(1 << 63)], "--seed must be in [0, 2^63)"),
 ])
 def test_bad_generation_flags_end_in_one_line(tiny_chat_dir, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

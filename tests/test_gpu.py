@@ -73,6 +73,8 @@ def test_replayed_greedy_steps_feed_themselves(family):
 
     plain, replayed = (decode(gen) for gen in gens)
     assert plain == replayed
+    # A one-token prompt: its capture (into an empty cache) must not be replayed as a decode step.
+    assert generate(gens[1], prompt[:, :1].tolist(), DECODE) == generate(gens[0], prompt[:, :1].tolist(), DECODE)
     eos = [plain[0][DECODE // 2]]
     plain, replayed = (decode(gen, eos) for gen in gens)
     assert plain == replayed and len(plain[0]) <= DECODE // 2 + 1

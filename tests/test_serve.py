@@ -182,6 +182,9 @@ def test_bad_requests_get_openai_errors(server):
     error_of(post.post("/completions", json={"prompt": [1, 2, 3]}), 400)
     error_of(post.post("/completions", json={"prompt": "a", "temperature": -1}), 400)
     error_of(post.post("/completions", json={"prompt": "a", "logprobs": 2}), 400)
+    # (past the graph's int64 inputs: refused alone, not failing the batch it would join)
+    error_of(post.post("/completions", json={"prompt": "a", "top_k": 1 << 70}), 400)
+    error_of(post.post("/completions", json={"prompt": "a", "seed": -1}), 400)
     error_of(post.get("/nowhere"), 404)
     still_serving(server)
 
