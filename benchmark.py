@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from detokenize import Detokenizer
+from detokenize import printer
 from files import locked, write_atomic
 from generate import collect, prefill
 from generate import steps as token_steps
@@ -197,11 +197,11 @@ def run(gen, input_ids, config, model, vision=None, embed=None, decode_positions
             for _ in decoding:
                 clock.mark()
             return
-        text = Detokenizer(tokenizer, x[0, -4:].tolist())
+        show, _ = printer(tokenizer, x[0, -4:].tolist(), lambda piece: None)  # (the terminal is not timed)
 
         def on_step(tokens):
             clock.mark()
-            text.push(tokens[0])
+            show(tokens)
 
         collect(decoding, [config.num_tokens] * config.batch_size, on_step=on_step)
 

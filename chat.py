@@ -10,7 +10,7 @@ fed again; only the record says so. The reply is streamed as it is decoded.
 import sys
 import time
 
-from detokenize import Detokenizer, decode
+from detokenize import decode, printer
 from generate import generate
 from utils import UserError
 
@@ -44,28 +44,22 @@ def reply(gen, tokenizer, ids, kept, config, stop, stdout):
     """Generate the reply to the conversation ``ids``, of which the cache holds the first
     ``kept``; streams its text to ``stdout``. Returns (new tokens, seconds until the first one
     was read back: a step later than it was computed, as the next step runs while it is read)."""
-    detokenizer = Detokenizer(tokenizer, ids)
+    def write(piece):
+        stdout.write(piece)
+        stdout.flush()
+
+    # (the reply's leading spaces are not shown; the text kept for the template has them)
+    show, end = printer(tokenizer, ids, write, skip=set(stop))
     start, first = time.perf_counter(), []
-    shown = False  # the reply's leading spaces are not shown (the text kept for the template has them)
 
     def on_step(tokens):
-        nonlocal shown
         if not first:
             first.append(time.perf_counter() - start)
-        if tokens[0] is None or tokens[0] in stop:
-            return
-        piece = detokenizer.push(tokens[0])
-        piece = piece if shown else piece.lstrip()
-        if piece:
-            shown = True
-            stdout.write(piece)
-            stdout.flush()
+        show(tokens)
 
     tokens = generate(gen, [ids[kept:]], config.num_tokens, eos_ids=stop, sampling=config.sampling,
                       on_step=on_step, chunk=config.prefill_chunk, keep=kept > 0)[0]
-    rest = detokenizer.flush()
-    stdout.write((rest if shown else rest.lstrip()) + "\n")
-    stdout.flush()
+    end()
     return tokens, first[0] if first else None
 
 

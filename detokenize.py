@@ -67,3 +67,29 @@ class Detokenizer:
         text = self._new_text()
         self.ids, self.prefix, self.read = [], 0, 0
         return text
+
+
+def printer(tokenizer, prompt_ids, write, skip=()):
+    """Show the first row's text as it is decoded: an ``on_step`` for ``generate`` and the
+    function that ends the text with a newline. ``write`` takes each piece; the text's leading
+    whitespace is not shown (an answer is shown stripped); ids in ``skip`` are not decoded."""
+    text = Detokenizer(tokenizer, prompt_ids)
+    started = False
+
+    def show(piece):
+        nonlocal started
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        if piece:
+            write(piece)
+
+    def on_step(tokens):
+        if tokens[0] is not None and tokens[0] not in skip:
+            show(text.push(tokens[0]))
+
+    def end():
+        show(text.flush())
+        write("\n")
+
+    return on_step, end

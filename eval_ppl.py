@@ -123,8 +123,7 @@ def text_ids(run, model_config, max_tokens):
     """The text's first ``max_tokens`` token ids, in the model's tokenizer (as it encodes a
     document: with its BOS where it adds one)."""
     tokenizer = models.prompt_tokenizer(run.model, run.random_weights, run.tokenizer, model_config)
-    if tokenizer is None:
-        raise UserError(f"no tokenizer for {run.model_name} is available offline; pass --tokenizer FOLDER")
+    models.require_tokenizer(tokenizer, run.model_name, otherwise="")
     ids = torch.tensor(tokenizer(load_text()).input_ids)
     if len(ids) < max_tokens:
         log(f"the text has {len(ids)} tokens in this tokenizer: scoring all of them")

@@ -11,7 +11,7 @@ import cache_modes
 from sampling import ROW_INPUTS, Sampling, row_values
 
 # A row input's value when nobody set it: no padding, greedy.
-ROW_DEFAULTS = {"key_start": 0, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+ROW_DEFAULTS = {"key_start": 0, **{name: values[0] for name, values in row_values([Sampling()]).items()}}
 ROW_DTYPES = {"key_start": torch.int64, **dict(ROW_INPUTS)}
 MAX_PROMPT_GRAPHS = 16  # captured prompt lengths kept (CUDA graphs)
 

@@ -181,10 +181,9 @@ def prompt_tokenizer(model, random_weights, override, config):
     return load_tokenizer(None if random_weights else source_of(model)[0], config)
 
 
-def require_tokenizer(tokenizer, model):
+def require_tokenizer(tokenizer, model, otherwise=", or use --benchmark (random prompt ids)"):
     if tokenizer is None:
-        raise UserError(f"no tokenizer for {model} is available offline; pass --tokenizer FOLDER, "
-                        "or use --benchmark (random prompt ids)")
+        raise UserError(f"no tokenizer for {model} is available offline; pass --tokenizer FOLDER{otherwise}")
     return tokenizer
 
 
@@ -207,8 +206,6 @@ def eos_ids(*sources):
 
 
 CACHE_LENGTH_STEP = 256
-
-
 SESSION_CACHE_LENGTH = 4096  # --interactive and serve.py, unless --max_len
 
 

@@ -15,6 +15,7 @@ import build_cache
 import cache_modes
 import export_llm
 import passes
+from detokenize import decode
 from generate import Generator, collect, prefill, steps
 from sampling import row_values
 from utils import log, process_age, versions
@@ -169,5 +170,5 @@ def generate_text(gen, x, position_ids, input_ids, config, tokenizer, eos_ids, e
 
 
 def decode_text(tokenizer, ids):
-    # (BPE tokenizers ignore the clean-up anyway; saying so silences their warning)
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+    """A reply's text, as shown: stripped."""
+    return decode(tokenizer, ids).strip()

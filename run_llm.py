@@ -17,6 +17,7 @@ import chat
 import cli
 import models
 from config import RunConfig
+from detokenize import printer
 from export_llm import LastLogits
 from generate import generate
 from pipeline import Built, build_generator, decode_text, run_record
@@ -87,13 +88,15 @@ def parse(argv=None) -> RunConfig:
     return cli.run_config(args, model_config.model_type)
 
 
-def build(config: RunConfig, prompt_len=None, tokenizer=None) -> Built:
+def build(config: RunConfig, prompt_len=None, tokenizer=None, model_config=None) -> Built:
     """Load the model (and, unless benchmarking, its tokenizer) and build its generator. The
     cache holds ``prompt_len`` + --num_tokens positions (rounded up; --benchmark: --isl exactly),
-    or --max_len; with no ``prompt_len`` (a chat, a server) 4096 or the model's positions."""
+    or --max_len; with no ``prompt_len`` (a chat, a server) 4096 or the model's positions.
+    ``model_config``: where the caller has read it (a hub id's read asks the hub)."""
     device = config.torch_device
-    model_config = models.load_config(config.model, config.random_weights)
-    models.check_architecture(model_config)
+    if model_config is None:
+        model_config = models.load_config(config.model, config.random_weights)
+        models.check_architecture(model_config)
     if tokenizer is None and (not config.benchmark or config.stream):  # (a streamed benchmark decodes text)
         tokenizer = load_tokenizer(config, model_config)
     if config.benchmark:
@@ -139,6 +142,10 @@ def encode_prompts(config, tokenizer, model_config):
     return texts, ids
 
 
+def write_out(text):
+    print(text, end="", flush=True)
+
+
 def generate_all(built, texts, ids, config):
     """Each prompt's new tokens and text, in batches of --batch_size; prints each answer
     (streamed with --stream) and returns the JSON fields, one entry per prompt."""
@@ -147,7 +154,7 @@ def generate_all(built, texts, ids, config):
            "finish_reasons": []}
     for first in range(0, len(ids), config.batch_size):
         batch = ids[first:first + config.batch_size]
-        on_step, end = stream_printer(built.tokenizer, batch[0]) if config.stream else (None, None)
+        on_step, end = printer(built.tokenizer, batch[0], write_out) if config.stream else (None, None)
         rows = generate(built.gen, batch, config.num_tokens, stop, config.sampling, on_step, config.prefill_chunk)
         if end:
             end()
@@ -159,32 +166,6 @@ def generate_all(built, texts, ids, config):
             out["generated_text"].append(text)
             out["finish_reasons"].append("stop" if row and row[-1] in stop else "length")
     return out
-
-
-def stream_printer(tokenizer, prompt):
-    """An ``on_step`` that prints the first row's text as it is decoded, and the function that
-    ends it."""
-    import detokenize
-
-    text = detokenize.Detokenizer(tokenizer, prompt)
-    started = False
-
-    def show(piece):
-        nonlocal started
-        if not started:  # (the answer's leading spaces, as the whole text is stripped)
-            piece = piece.lstrip()
-            started = bool(piece)
-        print(piece, end="", flush=True)
-
-    def on_step(tokens):
-        if tokens[0] is not None:
-            show(text.push(tokens[0]))
-
-    def end():
-        show(text.flush())
-        print()
-
-    return on_step, end
 
 
 def run(config: RunConfig) -> dict:
@@ -202,7 +183,7 @@ def run(config: RunConfig) -> dict:
     if not config.benchmark:
         tokenizer = load_tokenizer(config, model_config)
         texts, ids = encode_prompts(config, tokenizer, model_config)
-    built = build(config, None if config.benchmark else max(map(len, ids)), tokenizer)
+    built = build(config, None if config.benchmark else max(map(len, ids)), tokenizer, model_config)
     result = dict(built.record)
     if config.benchmark:
         # (drawn after the weights, from the generator their seed left, as before)

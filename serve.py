@@ -511,11 +511,7 @@ def bind(host, port):
     return sock
 
 
-def port_number(text):
-    port = cli.non_negative_int(text)
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"must be <= 65535, got {port}")
-    return port
+port_number = cli.number(int, lambda port: 0 <= port <= 65535, "in [0, 65535]")
 
 
 def parse(argv=None):
