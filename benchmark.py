@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import quantize
 from detokenize import printer
 from files import locked, write_atomic
 from generate import collect, prefill
@@ -109,9 +110,11 @@ def decode_bytes(model, batch_size, context_len, dtype):
 
 def _step_bytes(model, input_ids, config, dtype):
     """decode_bytes at the average context of a benchmark run (prompt + half the new tokens;
-    a row's padding is not read)."""
+    a row's padding is not read), with quantized weights at their packed size."""
     pads = statistics.fmean(padding(config))
-    return decode_bytes(model, config.batch_size, input_ids.shape[1] - pads + config.num_tokens / 2, dtype)
+    replaced, packed = quantize.weight_bytes(model, config)
+    return decode_bytes(model, config.batch_size, input_ids.shape[1] - pads + config.num_tokens / 2, dtype) \
+        - replaced + packed
 
 
 def padding(config):
@@ -328,8 +331,11 @@ def rows(result):
                                      "isl", "num_tokens")}
     common.update(torch=result["versions"]["torch"], transformers=result["versions"]["transformers"],
                   build_cache=result["build_cache"]["status"])
-    out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"])]
-    for name, stats in result.get("baselines", {}).items():
+    # (the format in the precision column: a CSV keeps one set of columns)
+    quantized = quantize.label(result.get("quantization"))
+    out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"],
+                precision=f"{common['precision']} {quantized}" if quantized else common["precision"])]
+    for name, stats in result.get("baselines", {}).items():  # (16-bit)
         out.append(dict(common, runner=name, backend="pytorch", cache="hf", cudagraph=name == "hf_compile", **stats))
     return out
 

@@ -227,12 +227,20 @@ class _GraphUnpickler(pickle.Unpickler):
     def __init__(self, buffer, module):
         super().__init__(buffer)
         self.tensors = _model_tensors(module)
-        self.fused = {}
+        self.fused, self.quantized = {}, {}
 
     def persistent_load(self, pid):
         kind, name = pid
         if kind == "model":
             return self.tensors[name]
+        if kind == "quantized":  # quantized again from the weight it was made of
+            source, transposed, *how = name
+            part, key = how.pop(2), (source, transposed, *how[:2])
+            if key not in self.quantized:
+                import quantize
+
+                self.quantized[key] = quantize.requantize(self.persistent_load(source), transposed, *how)
+            return self.quantized[key][part]
         if name not in self.fused:  # one fused tensor for every graph that reads it
             import fuse_linears
 
@@ -243,8 +251,13 @@ class _GraphUnpickler(pickle.Unpickler):
 def _references(module, graphs):
     references = {id(t): ("model", name) for name, t in _model_tensors(module).items()}
     for gm in graphs.values():
-        for name, sources in gm.meta.get("fused_from", {}).items():
-            references[id(gm.get_parameter(name))] = ("fused", tuple(sources))
+        fused = gm.meta.get("fused_from", {})
+        for name, sources in fused.items():
+            if hasattr(gm, name):  # (not where quantized copies replaced it)
+                references[id(gm.get_parameter(name))] = ("fused", tuple(sources))
+        for name, (target, *how) in gm.meta.get("quantized_from", {}).items():
+            source = ("fused", tuple(fused[target])) if target in fused else ("model", target)
+            references[id(_attribute(gm, name))] = ("quantized", (source, *how))
     return references
 
 
@@ -349,6 +362,9 @@ def building(config, what, length, module, identity):
             ... compile graphs, run them once ...
 
     ``identity`` (``model_identity``) None, or ``--no_build_cache``, leaves the cache out."""
+    if identity is not None and config.quant_format and config.backend == "tensorrt":
+        log("build cache: off for ModelOpt-quantized TensorRT builds (their graphs read ModelOpt's calibrated scales)")
+        identity = None
     if identity is None:
         yield Build("", {}, module)
         return

@@ -13,6 +13,7 @@ import backends
 import benchmark
 import cache_modes
 import config
+import quantize
 from files import write_json, write_problem
 from utils import PRECISIONS, UserError, log
 
@@ -85,6 +86,23 @@ def add_build_args(parser):
     parser.add_argument("--batch_size", type=positive_int,
                         help="rows decoded together (default: the number of prompts, up to "
                              f"{config.MAX_DEFAULT_BATCH}; one prompt with a larger batch is repeated)")
+    return add_quant_args(parser)
+
+
+def add_quant_args(parser):
+    """How to quantize the weights (quantize.py)."""
+    parser.add_argument("--quant_format", default="", choices=("", *quantize.FORMATS),
+                        help="quantize the weights: fp8 (FP8 weights and per-token activations), int8 (W8A8), "
+                             "int4 (weight-only, group-wise), nvfp4 (Blackwell, --backend tensorrt only)")
+    parser.add_argument("--quant_algo", default="max", choices=quantize.ALGOS,
+                        help="max: scales from each weight's largest magnitude (default); smoothquant: int8 W8A8 "
+                             "with activations smoothed, calibrated on text")
+    parser.add_argument("--weight_only", action="store_true",
+                        help="quantize only the weights (fp8, int8); activations stay 16-bit")
+    parser.add_argument("--quant_group_size", type=positive_int,
+                        help=f"int4: input channels per scale (default: the first of {quantize.GROUP_SIZES} "
+                             "that divides every layer's width)")
+    parser.add_argument("--quant_lm_head", action="store_true", help="quantize the LM head too (default: 16-bit)")
     return parser
 
 

@@ -12,6 +12,7 @@ import torch
 import backends
 import cache_modes
 import models
+import quantize
 from sampling import Sampling
 from utils import PRECISIONS, UserError, log, resolve_device, resolve_dtype
 
@@ -50,6 +51,11 @@ class RunConfig:
     batch_size: int = 1
     max_len: int | None = None  # the KV cache's positions (None: what the prompt needs, rounded up)
     sampler: bool = False  # the graph samples (sampling.py); a row with temperature 0 stays greedy
+    quant_format: str = ""  # quantize.py: "" (16-bit), fp8, int8, int4, nvfp4
+    quant_algo: str = "max"
+    weight_only: bool = False
+    quant_group_size: int = 0  # INT4; 0: the first of quantize.GROUP_SIZES that divides every width
+    quant_lm_head: bool = False
     num_tokens: int = 64
     ignore_eos: bool = False
     temperature: float = 0.0
@@ -93,6 +99,14 @@ class RunConfig:
     @property
     def model_name(self):
         return self.model or models.DEFAULT_MODEL
+
+    @property
+    def quantization(self):
+        """For the JSON record: the quantization flags, or None."""
+        if not self.quant_format:
+            return None
+        return {"format": self.quant_format, "algo": self.quant_algo, "weight_only": self.weight_only,
+                "group_size": self.quant_group_size or None, "lm_head": self.quant_lm_head}
 
     @property
     def sampling(self):
@@ -186,6 +200,13 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
     triton = triton_kernels_available(torch_device, backend) and mode.FIXED_SHAPES
     if decode_attention == "triton" and not triton and backend != "tensorrt" and torch_device.type == "cuda":
         log("decode attention: SDPA (the split-K Triton kernel needs CUDA, triton and --cache static_v2)")
+    if fields.get("quant_group_size") is None:
+        fields.pop("quant_group_size", None)  # (argparse's None: the default)
+    quantize.check_flags(fields.get("quant_format", ""), fields.get("quant_algo", "max"), fields.get("weight_only"),
+                         fields.get("quant_group_size"), fields.get("quant_lm_head"), backend)
+    if fields.get("quant_algo") == "smoothquant" and vision_language:
+        raise UserError("--quant_algo smoothquant calibrates on text through a language model's own inputs: "
+                        "not yet for vision-language models (use --weight_only or fp8)")
     baselines = baselines or ("hf_generate",)
     if "all" in baselines:  # the no-cache loop is text-only
         baselines = BASELINES[:2] if vision_language else BASELINES

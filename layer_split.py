@@ -30,11 +30,12 @@ def _module_layer(node):
 
 
 def _is_anchor(node):
-    """A matrix product or one of our ops (attention, gated down projection): where a piece
-    may end."""
+    """A matrix product (a quantized one too) or one of our ops (attention, gated down
+    projection): where a piece may end."""
     if node.op != "call_function":
         return False
-    return node.target in PRODUCTS or getattr(node.target, "namespace", None) == "tllm"
+    return node.target in PRODUCTS or getattr(node.target, "namespace", None) == "tllm" or \
+        getattr(node.target, "is_product", False)
 
 
 def piece_of_nodes(gm):

@@ -11,7 +11,8 @@ export passes).
 For ``--backend inductor --cudagraph --cache static_v2`` on CUDA, ``plan`` gives:
 export: next_token, fuse_linears; step graph: cache, split_k_decode, gated_down, split_bias,
 layer_split; first graph: cache, layer_split (and split_bias with --tune all). Sampling adds
-``sample`` after ``next_token``; a batch of more than one row adds ``padding`` after ``cache``.
+``sample`` after ``next_token``; a batch of more than one row adds ``padding`` after ``cache``;
+--quant_format adds ``quantize`` after ``fuse_linears``.
 """
 
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import export_llm
 import fuse_linears
 import layer_split
 import padding
+import quantize
 import sampling
 
 
@@ -79,6 +81,9 @@ PASSES = (
          "temperature, top-k and top-p drawn in the graph: a replayed decode step needs nothing from the host"),
     Pass("fuse_linears", "export", lambda g: True, lambda gm, g: fuse_linears.apply(gm).meta["fused_linears"],
          "q/k/v and gate/up as one GEMM each: one launch, not two or three, in a latency-bound step"),
+    Pass("quantize", "export", lambda g: g.language and quantize.kind_of(g.config) is not None,
+         lambda gm, g: quantize.apply(gm, g.config),
+         "FP8, INT8 or INT4 weights: a batch-1 decode step reads every weight, so fewer bytes are less time"),
     Pass("cache", "graph", lambda g: g.language and g.config.cache != "",
          lambda gm, g: cache_modes.MODES[g.config.cache].apply(
              gm, g.config.batch_size, g.max_len, inplace=g.config.backend != "tensorrt", fresh=g.kind == "first"),

@@ -15,13 +15,14 @@ import build_cache
 import cache_modes
 import export_llm
 import passes
+import quantize
 from detokenize import decode
 from generate import Generator, collect, prefill, steps
 from sampling import row_values
 from utils import log, process_age, versions
 
 
-def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs, identity=None):
+def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs, identity=None, calibration=None):
     """Export ``module(x, position_ids)``, rewrite it (``passes``), compile it and warm it up;
     or, where the build cache holds this build, load its graphs and compiled artifacts instead.
 
@@ -29,6 +30,8 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs,
     ``warm_inputs`` are inputs of the real prompt's shape, run once so that compilers compile
     (and CUDA graphs capture) now rather than inside the first timed step. ``identity``: what
     the weights are (``build_cache.model_identity``); None leaves the build cache out.
+    ``calibration``: a function giving the token ids SmoothQuant calibrates on (called only
+    when building).
     Returns the Generator, the build's timings in seconds, and what the build cache did.
     """
     timings = {}
@@ -36,7 +39,7 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs,
             contextlib.ExitStack() as stack:
         if build.graphs is None:
             start = time.perf_counter()
-            build.keep(export_and_rewrite(module, make_inputs(2), seq_dims, config, max_len))
+            build.keep(export_and_rewrite(module, make_inputs(2), seq_dims, config, max_len, calibration))
             timings["export_s"] = time.perf_counter() - start
             log(f"exported ({timings['export_s']:.1f} s)")
         else:
@@ -92,11 +95,20 @@ def warm_up(gen, warm_inputs, config, max_len):
         torch.cuda.synchronize()
 
 
-def export_and_rewrite(module, example_inputs, seq_dims, config, max_len):
+def export_and_rewrite(module, example_inputs, seq_dims, config, max_len, calibration=None):
     """The graphs the passes make of ``module``: {"step": ..., "first": ...} (the first-prefill
     graph where the cache mode has one)."""
+    exporting = contextlib.nullcontext()
+    if config.quant_format and config.backend == "tensorrt":  # ModelOpt quantizes the module itself
+        import tensorrt_backend
+
+        exporting = tensorrt_backend.quantize_with_modelopt(module, config, calibration())
     log(f"exporting {type(module).__name__} with torch.export")
-    gm = export_llm.export_graph(module, example_inputs, seq_dims, max_len)
+    with exporting:
+        gm = export_llm.export_graph(module, example_inputs, seq_dims, max_len)
+    if quantize.kind_of(config) and config.quant_algo == "smoothquant":
+        log("calibrating SmoothQuant")
+        gm.meta["activation_amax"] = quantize.calibrate(module, calibration())
     gm, notes = passes.run("export", gm, passes.Graph(config, max_len))
     layers = len(export_llm.attention_nodes(gm))
     graphs = {}
@@ -149,6 +161,7 @@ def run_record(config, source, prompt_len, max_len, timings, cached, **extra):
         "num_tokens": config.num_tokens,
         "max_len": max_len,
         "sampling": dataclasses.asdict(config.sampling) if config.sampler else None,
+        "quantization": config.quantization,
         "timings_s": timings,
         "build_cache": cached,
         "versions": versions(),

@@ -16,6 +16,7 @@ import build_cache
 import chat
 import cli
 import models
+import quantize
 from config import RunConfig
 from detokenize import printer
 from export_llm import LastLogits
@@ -116,8 +117,14 @@ def build(config: RunConfig, prompt_len=None, tokenizer=None, model_config=None)
     # Warm up on the prompt's shape, so the first real prefill compiles (and captures) nothing.
     warm = make_inputs(config.isl if config.benchmark else min(prompt_len or WARM_PROMPT, max_len - 1))[0]
     identity = build_cache.model_identity(source, config.random_weights, model_config)
+
+    def calibration():  # SmoothQuant's text, in the model's tokenizer even for a benchmark
+        text_tokenizer = tokenizer or models.prompt_tokenizer(config.model, config.random_weights, config.tokenizer,
+                                                              model_config)
+        return quantize.calibration_ids(text_tokenizer, model.config.vocab_size, device)
+
     gen, timings, cached = build_generator(LastLogits(model), make_inputs, (1, 1), config, max_len, (warm, None),
-                                           identity)
+                                           identity, calibration)
     timings["load_s"] = load_s
     eos = [] if tokenizer is None else models.eos_ids(model.generation_config, model.config, tokenizer)
     return Built(gen, tokenizer, eos, run_record(config, source, prompt_len, max_len, timings, cached), model)

@@ -7,12 +7,58 @@ uses the functional form of static_v2 (updated caches come back as outputs).
 """
 
 import contextlib
+import copy
 
 import torch
 from torch.export import Dim
 
 import cache_modes
-from utils import log
+from utils import UserError, log
+
+# --quant_format on TensorRT: NVIDIA ModelOpt's preset for (format, --weight_only, --quant_algo).
+# Only these: torch_tensorrt 2.13 converts 8-bit quantize ops (INT8, FP8) and NVFP4 blocks, not
+# INT4 (its impl/quantize.py), and ModelOpt 0.47 has no FP8 weight-only preset. Each preset
+# keeps the LM head in 16 bit.
+MODELOPT_PRESETS = {
+    ("fp8", False, "max"): "FP8_DEFAULT_CFG",
+    ("int8", False, "max"): "INT8_DEFAULT_CFG",
+    ("int8", False, "smoothquant"): "INT8_SMOOTHQUANT_CFG",
+    ("int8", True, "max"): "INT8_WEIGHT_ONLY_CFG",
+    ("nvfp4", False, "max"): "NVFP4_DEFAULT_CFG",
+}
+
+
+def modelopt_preset(quant_format, weight_only, quant_algo, quant_lm_head):
+    """The name of ModelOpt's preset for these flags, or one line on why TensorRT cannot run them."""
+    preset = MODELOPT_PRESETS.get((quant_format, bool(weight_only), quant_algo))
+    if preset is None:
+        raise UserError(f"--quant_format {quant_format}{' --weight_only' if weight_only else ''} does not run on "
+                        "--backend tensorrt (ModelOpt + torch_tensorrt 2.13: fp8, int8, int8 --weight_only, int8 "
+                        "--quant_algo smoothquant, nvfp4); --backend inductor runs it")
+    if quant_lm_head:
+        raise UserError("--quant_lm_head: ModelOpt's presets keep the LM head 16-bit on --backend tensorrt")
+    return preset
+
+
+def quantize_with_modelopt(module, config, ids):
+    """Quantize ``module`` (``module(ids, position_ids)``, on the GPU) in place with ModelOpt's
+    preset for the run's flags, calibrating on ``ids`` [1, L]; returns the context under which
+    it must be exported (ModelOpt's quantizers then trace as ``tensorrt::quantize_op``, which
+    torch_tensorrt converts)."""
+    try:
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.quantization.utils import export_torch_mode
+    except ImportError:
+        raise UserError("--quant_format on --backend tensorrt quantizes with NVIDIA ModelOpt: "
+                        "pip install -r requirements-tensorrt.txt") from None
+    if config.quant_format == "nvfp4" and torch.cuda.get_device_capability(config.torch_device) < (10, 0):
+        raise UserError("--quant_format nvfp4 needs a Blackwell GPU (compute capability 10.0 or newer)")
+    preset = modelopt_preset(config.quant_format, config.weight_only, config.quant_algo, config.quant_lm_head)
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    log(f"quantizing with ModelOpt's {preset}, calibrated on {ids.shape[1]} tokens")
+    # (a copy: the presets are module-level dicts that quantize() must not share)
+    mtq.quantize(module, copy.deepcopy(getattr(mtq, preset)), lambda model: model(ids, positions))
+    return export_torch_mode()
 
 
 def _dynamic_shapes(gm, args, max_len):

@@ -239,3 +239,35 @@ def test_sampling_in_replayed_steps_equals_plain_steps():
     plain, replayed = (generate(gen, prompts, 40, sampling=settings) for gen in gens)
     assert plain == replayed
     assert plain != generate(gens[0], prompts, 40)
+
+
+@pytest.mark.parametrize("flags", [dict(quant_format="fp8"), dict(quant_format="fp8", weight_only=True),
+                                   dict(quant_format="int8", weight_only=True), dict(quant_format="int8"),
+                                   dict(quant_format="int8", quant_algo="smoothquant"), dict(quant_format="int4")],
+                         ids=["fp8", "fp8_wo", "int8_wo", "int8", "int8_sq", "int4"])
+def test_quantized_graph_matches_its_fp32_reference(flags):
+    """Each quantized format in BF16 on Inductor with CUDA graphs (the GPU's paths: one-row
+    reductions over packed weights, _scaled_mm, _int_mm) against the same model quantized the
+    same way in FP32 (quantize_model), within the bound of the other tests: twice (+1e-3) what
+    the quantized Hugging Face model in BF16 shows against it."""
+    from test_quantize import stepwise_logits
+
+    import quantize
+    from export_llm import LastLogits
+    from pipeline import build_generator
+    from run_llm import text_inputs
+    from tiny import run_config
+
+    ours, _ = tiny_pair("llama", torch.bfloat16, CUDA, num_hidden_layers=4)
+    torch.manual_seed(1)
+    sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE), device=CUDA)
+    calibration = sequence[:, :PROMPT]
+    run = run_config(ours, CUDA, "static_v2", "inductor", cudagraph=True, batch_size=1, **flags)
+    references = []
+    for dtype in (torch.float32, torch.bfloat16):  # fed as the graph is: W8A8 decode steps keep 16-bit activations
+        ref = copy.deepcopy(ours).to(dtype)
+        quantize.quantize_model(ref, run, calibration)
+        references.append(stepwise_logits(ref, sequence).float())
+    gen, _, _ = build_generator(LastLogits(ours), text_inputs(1, ours.config.vocab_size, CUDA), (1, 1), run,
+                                PROMPT + DECODE, (sequence[:, :PROMPT], None), calibration=lambda: calibration)
+    check_against_fp32(pipeline_logits(gen, sequence)[:, :-1], *references, f"llama inductor cudagraph {flags}")
