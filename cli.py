@@ -13,6 +13,7 @@ import backends
 import benchmark
 import cache_modes
 import config
+import prequantized
 import quantize
 from files import write_json, write_problem
 from utils import PRECISIONS, UserError, log
@@ -148,9 +149,9 @@ def add_common_args(parser):
     return parser
 
 
-def run_config(args, model_type, vision_language=False, serving=False):
-    """The parsed flags as a resolved RunConfig (defaults for this model type filled in); a
-    parser may hold any of the groups above."""
+def run_config(args, model_config, vision_language=False, serving=False):
+    """The parsed flags as a resolved RunConfig (defaults for this model's type filled in; a
+    pre-quantized checkpoint's scheme); a parser may hold any of the groups above."""
     fields = dict(vars(args))
     fields["chat_template"] = not fields.pop("no_chat_template", False)
     fields["build_cache"] = not fields.pop("no_build_cache", False)
@@ -158,7 +159,8 @@ def run_config(args, model_type, vision_language=False, serving=False):
     baselines = fields.pop("baseline", None)
     fields["baselines"] = tuple(baselines) if baselines else None
     check_outputs(fields.get("output_json"), fields.get("results_csv"), fields.get("profile"))
-    return config.resolve(model_type, vision_language=vision_language, serving=serving, **fields)
+    return config.resolve(model_config.model_type, vision_language=vision_language, serving=serving,
+                          prequantized=prequantized.scheme(model_config), **fields)
 
 
 def check_outputs(output_json, results_csv, profile):

@@ -56,6 +56,7 @@ class RunConfig:
     weight_only: bool = False
     quant_group_size: int = 0  # INT4; 0: the first of quantize.GROUP_SIZES that divides every width
     quant_lm_head: bool = False
+    prequantized: str = ""  # prequantized.py: the checkpoint's own FP8 scheme, if it has one
     num_tokens: int = 64
     ignore_eos: bool = False
     temperature: float = 0.0
@@ -103,6 +104,9 @@ class RunConfig:
     @property
     def quantization(self):
         """For the JSON record: the quantization flags, or None."""
+        if self.prequantized:
+            return {"format": "fp8", "algo": "max", "weight_only": False, "group_size": None, "lm_head": False,
+                    "checkpoint": self.prequantized}
         if not self.quant_format:
             return None
         return {"format": self.quant_format, "algo": self.quant_algo, "weight_only": self.weight_only,
@@ -173,7 +177,7 @@ def check_flags(benchmark, num_tokens, isl, iterations, warmup, baselines, batch
 def resolve(model_type, *, device="auto", precision=None, backend="auto", num_tokens=None, benchmark=False,
             decode_attention="triton", gated_down=True, isl=None, iterations=None, warmup=None, baselines=None,
             vision_language=False, serving=False, batch_size=None, temperature=None, top_k=None, top_p=None, seed=None,
-            **fields):
+            prequantized=None, **fields):
     """The run's configuration with every default filled in, checked; ``model_type`` is the
     model config's (defaults differ per family). Other fields are RunConfig's, as given; None
     means not given. ``serving``: for serve.py, whose requests bring their own sampling."""
@@ -204,6 +208,16 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
         fields.pop("quant_group_size", None)  # (argparse's None: the default)
     quantize.check_flags(fields.get("quant_format", ""), fields.get("quant_algo", "max"), fields.get("weight_only"),
                          fields.get("quant_group_size"), fields.get("quant_lm_head"), backend)
+    if prequantized:
+        if fields.get("quant_format"):
+            raise UserError(f"the model is already quantized ({prequantized} FP8 checkpoint): drop --quant_format")
+        if backend == "tensorrt" or vision_language:
+            raise UserError(f"a pre-quantized {prequantized} checkpoint runs on --backend inductor or eager, "
+                            "for text models")
+        if fields.get("enable_pytorch_run"):
+            raise UserError("--enable_pytorch_run: the baselines run transformers' own model, which a pre-quantized "
+                            "checkpoint is not loaded as here")
+        fields["prequantized"] = prequantized
     if fields.get("quant_algo") == "smoothquant" and vision_language:
         raise UserError("--quant_algo smoothquant calibrates on text through a language model's own inputs: "
                         "not yet for vision-language models (use --weight_only or fp8)")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 import cli
 import config
 import models
+import prequantized
 import quantize
 from files import write_json
 from utils import UserError, log, resolve_device, versions
@@ -118,6 +119,7 @@ def parse(argv=None):
     run = config.resolve(model_config.model_type, device=args.device, precision=args.precision, backend="eager",
                          decode_attention="sdpa", model=args.model, tokenizer=args.tokenizer,
                          random_weights=args.random_weights, output_json=args.output_json,
+                         prequantized=prequantized.scheme(model_config),
                          **{k: getattr(args, k) for k in QUANT_FLAGS})
     return args, run, model_config
 
@@ -144,14 +146,14 @@ def main(argv=None):
         f"{run.precision}, {run.device})")
     model, _, source = models.load_model(run.model, run.random_weights, run.dtype, run.torch_device,
                                          with_tokenizer=False, config=model_config)
-    if run.quant_format:
+    if run.quant_format or run.prequantized:
         note = quantize.quantize_model(model, run, quantize.calibration_ids(tokenizer, model.config.vocab_size,
                                                                              run.torch_device))
         log(f"quantized: {note}")
     start = time.perf_counter()
     result = perplexity(model, ids, args.window, args.stride)
     seconds = time.perf_counter() - start
-    label = f"{run.precision}" + (f", {quantize.kind_of(run)} weights" if run.quant_format else "")
+    label = f"{run.precision}" + (f", {quantize.label(run.quantization)} weights" if run.quantization else "")
     print(f"{run.model_name} {label} on {run.device}: {result['tokens']} tokens of Hamlet, "
           f"perplexity {result['perplexity']:.3f} ({result['bits_per_token']:.3f} bits per token; "
           f"window {args.window}, stride {args.stride}; {seconds:.1f} s)")

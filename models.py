@@ -14,6 +14,7 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+import prequantized
 import register_sdpa
 from files import folder_problem
 from utils import UserError, log
@@ -355,10 +356,14 @@ def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURE
         torch.manual_seed(0)
         with torch.device(device):  # initialise on the GPU: an 8B model in fp32 would not fit in host RAM
             hf = auto_class.from_config(config, **kwargs)
+    elif Path(model).is_dir() and prequantized.scheme(config):
+        hf = prequantized.load(model, config, device, auto_class, **kwargs)
     else:
         problem = safetensors_problem(model) if Path(model).is_dir() else None
         if problem:
             raise UserError(f"{label}: {problem}")
+        if Path(model).is_dir():
+            prequantized.check_hf_quant_config(model)
         try:
             hf = auto_class.from_pretrained(model, **kwargs)
         except (OSError, ValueError, RuntimeError) as e:

@@ -54,6 +54,8 @@ DECODE_ROWS = 16  # products of more rows (prompts) quantize their activations (
 def kind_of(config):
     """The product kind (module docstring) the run's flags ask for; None without quantization
     or where ModelOpt quantizes instead (TensorRT)."""
+    if config.prequantized:  # (each product's own kind: prequantized.py)
+        return "fp8"
     fmt = config.quant_format
     if not fmt or config.backend == "tensorrt":
         return None
@@ -158,6 +160,11 @@ def dequantize(weight, scale, extra, kind, dtype):
         q = unpack_int4(weight, groups)
         w = q.view(q.shape[0], groups, -1).float() * scale.t().float()[..., None] + extra.t().float()[..., None]
         return w.view(q.shape).to(dtype)
+    if kind.startswith("fp8_block:"):  # a pre-quantized checkpoint's scale per block ("fp8_block:128x128")
+        rows, cols = map(int, kind.partition(":")[2].split("x"))
+        n, k = weight.shape
+        scales = scale.repeat_interleave(rows, 0)[:n].repeat_interleave(cols, 1)[:, :k]
+        return (weight.float() * scales).to(dtype)
     return (weight.float() * scale[:, None]).to(dtype)
 
 
@@ -182,12 +189,12 @@ def quantized_linear(x, weight, scale, extra, bias, kind, gemv=False):
         else:
             y = torch._int_mm(q, weight.t()).float() * x_scale * scale
         y = y.to(dtype).view(*x.shape[:-1], n)
-    elif gemv and rows <= DECODE_ROWS and (rows > 1 or kind == "int4"):
+    elif gemv and rows <= DECODE_ROWS and (rows > 1 or kind == "int4") and not kind.startswith("fp8_block:"):
         group = width // scale.shape[0] if kind == "int4" else 0
         partial = torch.ops.tllm.dequant_product(x.reshape(rows, width).contiguous(), weight, scale,
                                                  extra if kind == "int4" else None, group)
         y = partial.sum(0).to(dtype).view(*x.shape[:-1], n)
-    elif kind == "int4":
+    elif kind == "int4" or kind.startswith("fp8_block:"):
         y = F.linear(x, dequantize(weight, scale, extra, kind, dtype))
     else:  # one row: Inductor's reduction over the packed weights
         y = (F.linear(x, weight.to(dtype)).float() * scale).to(dtype)
@@ -239,9 +246,11 @@ def apply(gm, config):
     kind = kind_of(config)
     products = _products(gm, config.quant_lm_head)
     weights = {target: _attribute(gm, target) for _, target, _ in products}
+    if config.prequantized:  # only the checkpoint's FP8 products, as they are
+        products = [p for p in products if hasattr(weights[p[1]], "prequantized")]
     widths = {w.shape[0] if transposed else w.shape[1] for (_, target, transposed) in products
               for w in [weights[target]]}
-    group = group_size(widths, config.quant_group_size) if kind == "int4" else 0
+    group = group_size(widths, config.quant_group_size) if kind == "int4" and products else 0
     amax = gm.meta.pop("activation_amax", None)
     product = quantized_linear
     if config.on_cuda and importlib.util.find_spec("triton") is not None:
@@ -251,6 +260,10 @@ def apply(gm, config):
             product = quant_gemv.quantized_linear
     recipes, made = gm.meta.setdefault("quantized_from", {}), {}
     for node, target, transposed in products:
+        prequantized = getattr(weights[target], "prequantized", None)
+        if prequantized is not None and (target, transposed) not in made:  # the model's own buffers, by name
+            made[target, transposed] = [_register(gm, f"quantized_{len(made)}_{part}", t)
+                                        for part, t in enumerate(prequantized[:3])]
         if (target, transposed) not in made:
             weight = weights[target].t() if transposed else weights[target]
             smooth = smoothing(amax[_module_name(gm, target)].to(weight.device), weight) \
@@ -275,13 +288,20 @@ def apply(gm, config):
                 attrs.append(None if name is None else gm.graph.get_attr(name))
                 if name is not None:
                     attrs[-1].meta["val"] = gm.get_buffer(name)
-            new = gm.graph.call_function(product, (x, *attrs, bias, kind))
+            new = gm.graph.call_function(product, (x, *attrs, bias, prequantized[3] if prequantized else kind))
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
     finish(gm)
     detail = f", group {group}" if group else ", SmoothQuant" if config.quant_algo == "smoothquant" else ""
     return f"{len(products)} products, {kind}{detail}{', LM head too' if config.quant_lm_head else ''}"
+
+
+def _register(gm, name, tensor):
+    if tensor is None:
+        return None
+    gm.register_buffer(name, tensor)
+    return name
 
 
 def requantize(weight, transposed, kind, group, smooth):
@@ -369,6 +389,7 @@ def quantize_model(model, config, ids=None):
     """Swap each Linear of a Hugging Face model (not the LM head unless asked) for a
     QuantizedLinear, quantized as the ``quantize`` pass quantizes the graph's products; ``ids``
     calibrate SmoothQuant. Returns a note."""
+    import prequantized as checkpoint
     from export_llm import LastLogits
 
     kind, wrapped = kind_of(config), LastLogits(model)
@@ -376,6 +397,13 @@ def quantize_model(model, config, ids=None):
     group = group_size({_weight(m).shape[1] for _, m in linears}, config.quant_group_size) if kind == "int4" else 0
     amax = calibrate(wrapped, ids) if config.quant_algo == "smoothquant" else {}
     for name, linear in linears:
+        prequantized = checkpoint.of(linear)
+        if prequantized is not None or config.prequantized:  # a checkpoint's own FP8 Linears only
+            if prequantized is not None:
+                parent, _, child = name.rpartition(".")
+                quantized = QuantizedLinear(prequantized[:3], linear.bias, prequantized[3])
+                setattr(wrapped.get_submodule(parent), child, quantized)
+            continue
         smooth = None
         if amax:  # one factor per input, as for the graph's fused q/k/v and gate/up products
             sharing = [_weight(m) for other, m in linears if torch.equal(amax[other], amax[name])]

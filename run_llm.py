@@ -86,7 +86,7 @@ def parse(argv=None) -> RunConfig:
     if args.interactive and args.prompts:
         raise UserError("--interactive reads the prompts from the terminal: no --prompt")
     model_config = models.load_config(args.model, args.random_weights)
-    return cli.run_config(args, model_config.model_type)
+    return cli.run_config(args, model_config)
 
 
 def build(config: RunConfig, prompt_len=None, tokenizer=None, model_config=None) -> Built:

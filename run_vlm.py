@@ -183,7 +183,7 @@ def parse(argv=None) -> RunConfig:
         raise UserError("--max_tiles is for Eagle2 (Qwen2.5-VL does not tile images)")
     if len(args.prompts or ()) > 1 or args.stream:
         raise UserError("run_vlm.py takes one --prompt about its image and prints the answer whole")
-    return cli.run_config(args, model_config.model_type, vision_language=True)
+    return cli.run_config(args, model_config, vision_language=True)
 
 
 def build(vlm, config, input_ids, mode, max_len, identity=None):

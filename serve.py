@@ -534,8 +534,8 @@ def parse(argv=None):
     server = argparse.Namespace(**{flag: getattr(args, flag) for flag in SERVER_FLAGS})
     run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in SERVER_FLAGS})
     run_args.device = str(resolve_device(run_args.device))  # before anything slow: no GPU fails at once
-    model_type = models.load_config(run_args.model, run_args.random_weights).model_type
-    return cli.run_config(run_args, model_type, serving=True), server
+    model_config = models.load_config(run_args.model, run_args.random_weights)
+    return cli.run_config(run_args, model_config, serving=True), server
 
 
 @cli.cli_main

@@ -7,7 +7,7 @@ the build cache, eval_ppl, and each bad flag in one line."""
 
 import copy
 import dataclasses
-import importlib.util
+import sys
 
 import pytest
 import torch
@@ -296,12 +296,28 @@ def test_tensorrt_takes_what_modelopt_and_torch_tensorrt_convert(flags, message)
         tensorrt_backend.modelopt_preset(*flags)
 
 
-def test_tensorrt_quantization_without_modelopt_is_one_line():
-    if importlib.util.find_spec("modelopt") is not None:
-        pytest.skip("ModelOpt is installed here")
+def test_tensorrt_quantization_without_modelopt_is_one_line(monkeypatch):
     import tensorrt_backend
 
+    monkeypatch.setitem(sys.modules, "modelopt.torch.quantization", None)  # (an import of it fails)
     ours, _ = tiny_pair("llama")
     run = dataclasses.replace(run_config(ours, CPU), backend="tensorrt", quant_format="fp8")
     with pytest.raises(UserError, match="quantizes with NVIDIA ModelOpt: pip install -r requirements-tensorrt.txt"):
         tensorrt_backend.quantize_with_modelopt(LastLogits(ours), run, torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_modelopt_quantizes_and_export_keeps_its_quantize_ops():
+    """The TensorRT path up to torch_tensorrt (which is not installable here): ModelOpt's FP8
+    preset, calibrated, then export under its export mode leaves one tensorrt::quantize_op per
+    quantized input and weight, the ops torch_tensorrt 2.13 converts."""
+    pytest.importorskip("modelopt", reason="nvidia-modelopt (requirements-dev.txt) makes the quantizers")
+    import export_llm
+    import tensorrt_backend
+
+    ours, _ = tiny_pair("llama")
+    run = dataclasses.replace(run_config(ours, CPU), backend="tensorrt", quant_format="fp8")
+    module = LastLogits(ours)
+    with tensorrt_backend.quantize_with_modelopt(module, run, torch.randint(0, 512, (1, 16))):
+        gm = export_llm.export_graph(module, run_llm.text_inputs(1, 512, CPU)(2), (1, 1), 64)
+    ops = [n for n in gm.graph.nodes if "quantize_op" in str(n.target)]
+    assert len(ops) == 2 * 7 * 2  # input and weight of 7 Linears in each of 2 layers; the LM head stays 16-bit
