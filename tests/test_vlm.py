@@ -131,6 +131,16 @@ def test_qwen_matches_hugging_face(qwen, qwen_reference, cache):
     assert torch.equal(tokens, ref_tokens)
 
 
+def test_qwen_language_model_takes_quantized_weights(qwen, qwen_reference):
+    """--quant_format reaches the language model's graph (not the vision encoder's): INT8
+    weights move the logits off the 16-bit reference, by about INT8's rounding."""
+    _, ref_logits, _ = qwen_reference
+    _, logits, _ = run_pipeline(qwen, vlm_config(cache="static_v2", quant_format="int8", weight_only=True))
+    reference = ref_logits[:, :len(logits)]
+    difference = (torch.stack(logits, 1) - reference).abs().max()
+    assert 1e-4 < difference < 0.05 * reference.abs().max()
+
+
 def test_qwen_positions_are_mrope(qwen):
     """The image's tokens get 2-D (height, width) positions; decode continues from the rope delta."""
     input_ids = run_vlm.prompt_input_ids(qwen, vlm_config())
