@@ -42,6 +42,8 @@ def scheme(config):
     if not q:
         return None
     method = q.get("quant_method")
+    if method == "gguf":  # a GGUF file's weights, dequantized when it was read (the bundled model's folder)
+        return None
     if method == "modelopt":
         if q.get("quant_algo") != "FP8":
             raise UserError(f"this checkpoint is ModelOpt {q.get('quant_algo')}: not read (read: {READ})")

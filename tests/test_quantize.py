@@ -280,7 +280,7 @@ def test_eval_ppl_measures_the_quantized_model(tiny_chat_dir, tmp_path, capsys):
     assert out["16-bit"]["quantization"] is None
     assert out["int4"]["quantization"]["format"] == "int4"
     assert out["int4"]["perplexity"] != out["16-bit"]["perplexity"]
-    assert "int4 weights" in capsys.readouterr().out
+    assert "int4 g32 weights" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags,message", [
