@@ -25,6 +25,11 @@ def sweep(tmp_path, model, **env):
                           env={**os.environ, **settings})
 
 
+def default_signals():
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def records(tmp_path):
     return [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
 
@@ -65,8 +70,12 @@ def test_ctrl_c_stops_the_running_cell_and_keeps_earlier_rows(tiny_llama_dir, tm
     settings = {"PYTHON": sys.executable, "OUT": str(tmp_path / "sweep"), "MODELS": str(tiny_llama_dir),
                 "BACKENDS": "eager", "CACHES": "static_v2", "ISLS": "11 12 13", "NUM_TOKENS": "100",
                 "ARGS": "--iterations 1000 --warmup 0", "GPUS": "0 1"}
+    # As from a terminal: SIGINT and SIGTERM at their defaults in the sweep. A suite started as a
+    # background job of a shell without job control inherits SIGINT ignored, and bash cannot trap
+    # a signal that was ignored when it started (the sweep then ran on for minutes).
     process = subprocess.Popen(["bash", str(ROOT / "sweep.sh")], env={**os.environ, **settings},
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=default_signals)
     logs = tmp_path / "sweep" / "logs"
     deadline = time.monotonic() + 120
     while not any("compiled" in log.read_text() for log in logs.glob("*_11.log")):  # timing 1000 iterations
