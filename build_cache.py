@@ -47,6 +47,7 @@ import torch
 
 import files
 import models
+from export_llm import attribute
 from utils import UserError, log
 
 FORMAT = 1
@@ -174,7 +175,7 @@ def _graph_record(gm):
         nodes.append((node.name, node.op, target, plain(node.args), plain(node.kwargs)))
         if node.op == "get_attr":
             attrs[node.target] = gm.get_parameter(node.target) if _is_parameter(gm, node.target) else \
-                _attribute(gm, node.target)
+                attribute(gm, node.target)
         elif node.op == "call_module":
             attrs[node.target] = _graph_record(gm.get_submodule(node.target))
     return {"nodes": nodes, "attrs": attrs, "meta": dict(gm.meta)}
@@ -183,13 +184,6 @@ def _graph_record(gm):
 def _is_parameter(gm, target):
     module, _, name = target.rpartition(".")
     return name in gm.get_submodule(module)._parameters
-
-
-def _attribute(gm, target):
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _graph_module(record):
@@ -257,7 +251,7 @@ def _references(module, graphs):
                 references[id(gm.get_parameter(name))] = ("fused", tuple(sources))
         for name, (target, *how) in gm.meta.get("quantized_from", {}).items():
             source = ("fused", tuple(fused[target])) if target in fused else ("model", target)
-            references[id(_attribute(gm, name))] = ("quantized", (source, *how))
+            references[id(attribute(gm, name))] = ("quantized", (source, *how))
     return references
 
 

@@ -146,6 +146,14 @@ def zero_caches(shapes, batch_size, length, dtype, device):
     return [torch.zeros((batch_size, heads, length, dim), dtype=dtype, device=device) for heads, dim in shapes]
 
 
+def attribute(gm, target):
+    """The attribute a ``get_attr`` node's dotted ``target`` names."""
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def finish(gm):
     gm.graph.eliminate_dead_code()
     gm.graph.lint()

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from export_llm import finish
-from triton_launch import has_pdl, launch, num_sms
+from triton_launch import has_pdl, launch, num_sms, split_reduction
 
 aten = torch.ops.aten
 MAX_SPLITS = 8  # Inductor unrolls a sum over at most 8 elements into the kernel that reads it
@@ -62,10 +62,7 @@ def _gated_down(GateUp, W, Partial, rows, inner, gu_stride, PER_SPLIT: tl.conste
 def plan(rows, inner, num_sms):
     """(keys of the reduction per split, splits): about two programs per SM at 16 rows each,
     at most MAX_SPLITS."""
-    blocks = triton.cdiv(rows, 16)
-    wanted = min(MAX_SPLITS, max(1, triton.cdiv(2 * num_sms, blocks)))
-    per_split = triton.cdiv(triton.cdiv(inner, wanted), SPLIT_MULTIPLE) * SPLIT_MULTIPLE
-    return per_split, triton.cdiv(inner, per_split)
+    return split_reduction(rows, inner, num_sms, 16, SPLIT_MULTIPLE, MAX_SPLITS)
 
 
 def partial_sums(gate_up, weight, gelu, num_sms, tile=None, pdl=False):

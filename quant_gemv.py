@@ -19,7 +19,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 import quantize
-from triton_launch import num_sms
+from triton_launch import num_sms, split_reduction
 
 MAX_ROWS = 16  # the rows of one tensor-core tile
 MAX_SPLITS = 8  # Inductor unrolls a sum over at most 8 elements into the kernel that reads it
@@ -77,10 +77,7 @@ def _dequant_product(X, W, Scale, Low, Partial, rows, n, k, x_stride, PER_SPLIT:
 def plan(n, k, num_sms):
     """(reduction length per split, splits): about two programs per SM at 64 channels each, at
     most MAX_SPLITS."""
-    blocks = triton.cdiv(n, 64)
-    wanted = min(MAX_SPLITS, max(1, triton.cdiv(2 * num_sms, blocks)))
-    per_split = triton.cdiv(triton.cdiv(k, wanted), SPLIT_MULTIPLE) * SPLIT_MULTIPLE
-    return per_split, triton.cdiv(k, per_split)
+    return split_reduction(n, k, num_sms, 64, SPLIT_MULTIPLE, MAX_SPLITS)
 
 
 def applies(kind, group, dtype):

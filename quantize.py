@@ -37,7 +37,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from export_llm import finish
+from export_llm import attribute, finish
 from utils import UserError, log
 
 aten = torch.ops.aten
@@ -217,13 +217,6 @@ def _products(gm, lm_head):
     return found if lm_head else found[:-1]
 
 
-def _attribute(gm, target):
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def smoothing(activation_amax, weight):
     """SmoothQuant's per-input-channel factor for a weight [N, K] and the calibrated largest
     magnitude of each of its K input channels."""
@@ -245,7 +238,7 @@ def apply(gm, config):
     ``gm.meta["activation_amax"]`` ({module name: [K]}, ``calibrate``). Returns a note."""
     kind = kind_of(config)
     products = _products(gm, config.quant_lm_head)
-    weights = {target: _attribute(gm, target) for _, target, _ in products}
+    weights = {target: attribute(gm, target) for _, target, _ in products}
     if config.prequantized:  # only the checkpoint's FP8 products, as they are
         products = [p for p in products if hasattr(weights[p[1]], "prequantized")]
     widths = {w.shape[0] if transposed else w.shape[1] for (_, target, transposed) in products

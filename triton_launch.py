@@ -12,6 +12,16 @@ def num_sms(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def split_reduction(outputs, inner, num_sms, per_program, multiple, max_splits):
+    """How a kernel of split-K programs divides a reduction of ``inner`` for ``outputs`` output
+    rows, ``per_program`` rows a program: (length per split, a multiple of ``multiple``;
+    splits), about two programs per SM and at most ``max_splits`` splits."""
+    blocks = -(-outputs // per_program)
+    wanted = min(max_splits, max(1, -(-2 * num_sms // blocks)))
+    per_split = -(-(-(-inner // wanted)) // multiple) * multiple
+    return per_split, -(-inner // per_split)
+
+
 @functools.cache
 def has_pdl(device_index):
     """Programmatic dependent launch: Hopper and later."""
