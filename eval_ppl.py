@@ -147,8 +147,9 @@ def main(argv=None):
     model, _, source = models.load_model(run.model, run.random_weights, run.dtype, run.torch_device,
                                          with_tokenizer=False, config=model_config)
     if run.quant_format or run.prequantized:
-        note = quantize.quantize_model(model, run, quantize.calibration_ids(tokenizer, model.config.vocab_size,
-                                                                             run.torch_device))
+        calibration = quantize.calibration_ids(tokenizer, model.config.vocab_size, run.torch_device) \
+            if run.quant_algo == "smoothquant" else None  # (only SmoothQuant reads text to calibrate)
+        note = quantize.quantize_model(model, run, calibration)
         log(f"quantized: {note}")
     start = time.perf_counter()
     result = perplexity(model, ids, args.window, args.stride)
