@@ -24,9 +24,8 @@ so each compiled length gets its own path.
   dequantize the weight into a 16-bit GEMM.
 - Up to DECODE_ROWS rows (decode steps): speed is the bytes of weights read, and quantizing
   activations would save none, so every kind multiplies the 16-bit activations (W8A8:
-  smoothed) by its weights dequantized in registers. One row of INT8 or FP8 is written as
-  dequantize-then-multiply, which Inductor's tuned decode graph turns into one reduction over
-  the packed weights; INT4, and 2 to 16 rows, run on quant_gemv.py's Triton kernel on CUDA.
+  smoothed) by its weights dequantized in registers, on quant_gemv.py's Triton kernels on
+  CUDA.
 CPU runs the same code (the Triton kernel aside), so the tests hold every path to
 ``dequantize``.
 """
@@ -189,14 +188,14 @@ def quantized_linear(x, weight, scale, extra, bias, kind, gemv=False):
         else:
             y = torch._int_mm(q, weight.t()).float() * x_scale * scale
         y = y.to(dtype).view(*x.shape[:-1], n)
-    elif gemv and rows <= DECODE_ROWS and (rows > 1 or kind == "int4") and not kind.startswith("fp8_block:"):
+    elif gemv and rows <= DECODE_ROWS and not kind.startswith("fp8_block:"):
         group = width // scale.shape[0] if kind == "int4" else 0
         partial = torch.ops.tllm.dequant_product(x.reshape(rows, width).contiguous(), weight, scale,
                                                  extra if kind == "int4" else None, group)
         y = partial.sum(0).to(dtype).view(*x.shape[:-1], n)
     elif kind == "int4" or kind.startswith("fp8_block:"):
         y = F.linear(x, dequantize(weight, scale, extra, kind, dtype))
-    else:  # one row: Inductor's reduction over the packed weights
+    else:  # off CUDA
         y = (F.linear(x, weight.to(dtype)).float() * scale).to(dtype)
     return y if bias is None else y + bias
 

@@ -1,8 +1,7 @@
 """Time each quantized product (``quantize.quantized_linear``) against the 16-bit one on the layer
 shapes of Llama-3.1-8B, each compiled with ``torch.compile`` as the decode graph is (Inductor,
-coordinate-descent tuning; decode steps on quant_gemv's kernel where the graph puts them
-there): one row (a batch-1 decode step), 8 rows, and a 2048-row prompt. INT8 and FP8 weight-
-only decode rows are also timed on the kernel called directly ("+kernel"). Decode rows replay
+coordinate-descent tuning; decode steps on quant_gemv's kernels, as in the graph): one row (a
+batch-1 decode step), 8 rows, and a 2048-row prompt. Decode rows replay
 100 calls back to back in a CUDA graph, over four copies of the weights in turn so that no call
 finds its weights in L2. Prints microseconds per call and the weight bytes read per second.
 Needs a CUDA GPU.
@@ -25,7 +24,6 @@ from benchmark import graph_us_per_call  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}  # [N, K]
 KINDS = ("bf16", "fp8", "fp8_wo", "int8_wo", "int8", "int4")
-KERNEL_KINDS = ("fp8_wo", "int8_wo")  # also timed on quant_gemv's kernel directly
 COPIES = 4
 
 
@@ -68,13 +66,6 @@ def main(argv=None):
                 product = torch.compile(
                     (lambda x, w, s, e: torch.nn.functional.linear(x, w)) if kind == "bf16" else
                     (lambda x, w, s, e, kind=kind: quant_gemv.quantized_linear(x, w, s, e, None, kind)))
-                if kind in KERNEL_KINDS and rows <= 16:  # the Triton kernel at one row, where Inductor runs
-                    product_on_kernel = torch.compile(lambda x, w, s, e, group=128 if kind == "int4" else 0: (
-                        torch.ops.tllm.dequant_product(x.view(-1, x.shape[-1]), w, s, e, group).sum(0)))
-                    calls = [lambda t=t: product_on_kernel(x, *t) for t in sets]
-                    us = graph_us_per_call(calls * (100 // COPIES))
-                    figures.append(dict(shape=shape, n=n, k=k, kind=kind + "+kernel", rows=rows, us=us, bytes=read))
-                    print(f"{shape:8} {kind + '+kernel':14} {rows:5} {us:9.1f} {read / us / 1e3:7.0f}", flush=True)
                 calls = [lambda t=t: product(x, *t) for t in sets]
                 if rows <= 16:
                     us = graph_us_per_call(calls * (100 // COPIES))

@@ -65,10 +65,12 @@ def test_product_equals_dequantize_then_matmul(kind, rows):
     torch.testing.assert_close(got, reference(x, tensors, None, kind), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows,n,k,group", [(1, 96, 512, 128), (3, 40, 300, 0), (16, 130, 768, 64), (2, 72, 1344, 64)])
+@pytest.mark.parametrize("rows,n,k,group", [(1, 96, 512, 128), (1, 72, 1344, 64), (1, 40, 300, 0), (3, 40, 300, 0),
+                                            (16, 130, 768, 64), (2, 72, 1344, 64), (1, 130, 1536, 0)])
 @pytest.mark.parametrize("kind", ["int4", "int8_wo", "fp8_wo", "int8_sq"])
 def test_decode_kernel_equals_dequantize_then_matmul(kind, rows, n, k, group, triton_device, monkeypatch):
-    """``tllm::dequant_product`` (quant_gemv.py), with masked edges and several splits."""
+    """``tllm::dequant_product`` (quant_gemv.py): its one-row kernel and its kernel for more rows,
+    with masked edges and several splits."""
     if kind == "int4" and not group or kind != "int4" and group:
         pytest.skip("INT4 takes a group size, the others none")
     if kind.startswith("fp8") and triton_device.type == "cpu":
@@ -76,9 +78,10 @@ def test_decode_kernel_equals_dequantize_then_matmul(kind, rows, n, k, group, tr
     import quant_gemv
 
     monkeypatch.setattr(quant_gemv, "num_sms", lambda index: 132)
-    if triton_device.type == "cpu":  # the interpreter cannot time autotuning's candidates: one fixed tile
-        partial_sums = quant_gemv.partial_sums
-        monkeypatch.setattr(quant_gemv, "partial_sums", lambda *a: partial_sums(*a, tile=(32, 128)))
+    # One fixed tile: the interpreter cannot time autotuning's candidates, and on the GPU autotuning
+    # each case would take minutes (test_gpu.py's quantized generation runs the autotuned tiles).
+    partial_sums = quant_gemv.partial_sums
+    monkeypatch.setattr(quant_gemv, "partial_sums", lambda *a: partial_sums(*a, tile=(32, 128)))
     dtype = torch.bfloat16 if triton_device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     weight = (torch.randn(n, k, device=triton_device) / k**0.5).to(dtype)  # outputs of about 1
