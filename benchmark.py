@@ -1,7 +1,8 @@
 """--benchmark: time prefill (TTFT) and every decode step (TPOT) of the compiled pipeline and of
-PyTorch baselines (Hugging Face generate, eager or static cache + torch.compile), and report
-them as a table, JSON and CSV rows."""
+PyTorch baselines (Hugging Face generate, eager or static cache + torch.compile, and the latter
+quantized by torchao), and report them as a table, JSON and CSV rows."""
 
+import contextlib
 import csv
 import io
 import resource
@@ -13,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 import quantize
+import torchao_baseline
 from detokenize import printer
 from files import locked, write_atomic
 from generate import collect, prefill
@@ -37,6 +39,7 @@ CSV_FIELDS = [
     "achieved_gb_per_s", "pct_of_bandwidth", "peak_memory_gb", "build_cache", "export_s", "cache_load_s", "compile_s",
     "torch", "transformers",
 ]
+COMPILED = ("hf_compile", "torchao")  # the baselines on Hugging Face's static cache, compiled on CUDA
 
 
 def percentile(values, q):
@@ -108,11 +111,12 @@ def decode_bytes(model, batch_size, context_len, dtype):
     return weights + kv
 
 
-def _step_bytes(model, input_ids, config, dtype):
+def _step_bytes(model, input_ids, config, dtype, quantized=True):
     """decode_bytes at the average context of a benchmark run (prompt + half the new tokens;
-    a row's padding is not read), with quantized weights at their packed size."""
+    a row's padding is not read), with quantized weights at their packed size unless not
+    ``quantized`` (a 16-bit baseline)."""
     pads = statistics.fmean(padding(config))
-    replaced, packed = quantize.weight_bytes(model, config)
+    replaced, packed = quantize.weight_bytes(model, config) if quantized else (0, 0)
     return decode_bytes(model, config.batch_size, input_ids.shape[1] - pads + config.num_tokens / 2, dtype) \
         - replaced + packed
 
@@ -268,7 +272,8 @@ class _TokenClock:
 
 def run_baselines(model, input_ids, config, extra_inputs=None, text_model=None):
     """Hugging Face generate on the same model and prompt: its own dynamic KV cache in eager
-    mode, and/or its static cache with torch.compile (the usual alternatives).
+    mode, and/or its static cache with torch.compile (the usual alternatives), 16-bit or, for
+    "torchao", in the run's quantized format (torchao_baseline.py).
 
     For a VLM, ``extra_inputs()`` returns more generate() inputs (pixels, or the prompt's
     embeddings) and is called inside the timed region; ``text_model`` is the part whose weights
@@ -279,19 +284,23 @@ def run_baselines(model, input_ids, config, extra_inputs=None, text_model=None):
     previous = {name: getattr(model.config, name)._attn_implementation for name in model.config.sub_configs}
     previous[""] = model.config._attn_implementation
     model.set_attn_implementation("sdpa")  # stock transformers, not our op
-    bytes_per_step = _step_bytes(text_model or model, input_ids, config, model.dtype)
     results = {}
     try:
         for name in names:
             log(f"baseline {name}")
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            run_once = _no_cache_loop if name == "no_cache" else _hf_generate
-            def once(clock):
-                run_once(model, input_ids, config.num_tokens, clock, name == "hf_compile", extra_inputs)
+            # a 16-bit baseline's floor reads 16-bit weights; torchao's, the run's format at our packed size
+            bytes_per_step = _step_bytes(text_model or model, input_ids, config, model.dtype, name == "torchao")
+            quantizing = torchao_baseline.quantized(model, config) if name == "torchao" else contextlib.nullcontext({})
+            with quantizing as extra:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                run_once = _no_cache_loop if name == "no_cache" else _hf_generate
 
-            ttfts, steps, e2es = timed_runs(name, config, once)
-            results[name] = summarize(ttfts, steps, e2es, config.batch_size, bytes_per_step, device)
+                def once(clock):
+                    run_once(model, input_ids, config.num_tokens, clock, name in COMPILED, extra_inputs)
+
+                ttfts, steps, e2es = timed_runs(name, config, once)
+            results[name] = summarize(ttfts, steps, e2es, config.batch_size, bytes_per_step, device) | extra
             log_summary(name, results[name])
     finally:
         model.set_attn_implementation(previous)
@@ -335,8 +344,8 @@ def rows(result):
     quantized = quantize.label(result.get("quantization"))
     out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"],
                 precision=f"{common['precision']} {quantized}" if quantized else common["precision"])]
-    for name, stats in result.get("baselines", {}).items():  # (16-bit)
-        out.append(dict(common, runner=name, backend="pytorch", cache="hf", cudagraph=name == "hf_compile", **stats))
+    for name, stats in result.get("baselines", {}).items():  # (16-bit, but torchao's, whose stats say its precision)
+        out.append(dict(common, runner=name, backend="pytorch", cache="hf", cudagraph=name in COMPILED, **stats))
     return out
 
 

@@ -139,9 +139,11 @@ def add_common_args(parser):
                         help="benchmark a batch of prompts of different lengths (row r: r/(2*batch) shorter than "
                              "--isl), left-padded")
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
-    parser.add_argument("--baseline", nargs="+", choices=(*config.BASELINES, "all"),
+    parser.add_argument("--baseline", nargs="+", choices=(*config.BASELINES, "torchao", "all"),
                         help="which baselines --enable_pytorch_run measures, one or more (default hf_generate; "
-                             "all: the three)")
+                             "torchao: --quant_format's format quantized by torchao, on hf_compile's static cache "
+                             "+ torch.compile; all: the three 16-bit ones, and torchao with --quant_format where it "
+                             "runs)")
     parser.add_argument("--profile", metavar="TRACE_JSON",
                         help="with --benchmark: profile one more generation, print its top kernels, save a trace")
     parser.add_argument("--output_json", help="write the run's results to this JSON file (atomically)")

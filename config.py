@@ -13,10 +13,11 @@ import backends
 import cache_modes
 import models
 import quantize
+import torchao_baseline
 from sampling import Sampling
 from utils import PRECISIONS, UserError, log, resolve_device, resolve_dtype
 
-BASELINES = ("hf_generate", "hf_compile", "no_cache")
+BASELINES = ("hf_generate", "hf_compile", "no_cache")  # 16-bit; "torchao" (quantized) is asked by name or "all"
 TUNE_MODES = ("decode", "all", "none")
 DECODE_KERNELS = ("triton", "sdpa")
 VISION_MODES = ("auto", "eager", "compile")
@@ -222,7 +223,8 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
         raise UserError("--quant_algo smoothquant calibrates on text through a language model's own inputs: "
                         "not yet for vision-language models (use --weight_only or fp8)")
     baselines = baselines or ("hf_generate",)
-    if "all" in baselines:  # the no-cache loop is text-only
+    named, every = "torchao" in baselines, "all" in baselines
+    if every:  # the no-cache loop is text-only; torchao joins below
         baselines = BASELINES[:2] if vision_language else BASELINES
     elif vision_language and fields.get("enable_pytorch_run") and "no_cache" in baselines:
         raise UserError("--baseline no_cache is for text models; choose hf_generate, hf_compile or all")
@@ -235,7 +237,7 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
         raise UserError("--stream prints one text as it is decoded: it needs a batch of one prompt")
     if fields.get("interactive") and batch_size > 1:
         raise UserError("--interactive holds one conversation: it needs --batch_size 1")
-    return RunConfig(
+    run = RunConfig(
         batch_size=batch_size, sampler=sampler, temperature=sampling.temperature, top_k=sampling.top_k,
         top_p=sampling.top_p, seed=sampling.seed,
         device=str(torch_device), precision=precision, backend=backend,
@@ -244,3 +246,12 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
         decode_attention="triton" if decode_attention == "triton" and triton else "sdpa",
         gated_down=gated_down and triton, baselines=baselines, **fields,
     )
+    if named or (every and run.quant_format):
+        problem = torchao_baseline.problem(run, model_type, vision_language)
+        if problem and named:
+            raise UserError(f"--baseline torchao: {problem}")
+        if problem:  # "all" takes it only where it can run
+            log(f"--baseline all leaves torchao out: {problem}")
+        else:
+            run = dataclasses.replace(run, baselines=tuple(dict.fromkeys((*baselines, "torchao"))))
+    return run

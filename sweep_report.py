@@ -33,7 +33,8 @@ def rows(records):
         common = dict(model=r["model"], cache=r["cache"], precision=r["precision"], isl=r["isl"])
         out.append(dict(common, runner="pipeline", backend=r["backend"], **r["benchmark"], **r["timings_s"]))
         for name, stats in r.get("baselines", {}).items():
-            hf_cache = {"hf_generate": "hf dynamic", "hf_compile": "hf static", "no_cache": "none"}[name]
+            hf_cache = {"hf_generate": "hf dynamic", "hf_compile": "hf static", "torchao": "hf static",
+                        "no_cache": "none"}[name]
             out.append(dict(common, runner=name, backend="pytorch", **stats, cache=hf_cache))
     return out
 
