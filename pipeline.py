@@ -45,6 +45,9 @@ def build_generator(module, make_inputs, seq_dims, config, max_len, warm_inputs,
         else:
             timings["cache_load_s"] = build.load_s
         gm, first_gm = build.graphs["step"], build.graphs.get("first")
+        freed = quantize.release_replaced(module, build.graphs, config)
+        if freed:
+            log(f"freed {freed / 1e6:,.1f} MB of 16-bit weights, replaced by quantized ones")
 
         start = time.perf_counter()
         log(f"compiling with {config.backend}" + (" + CUDA graphs" if config.cudagraph else ""))

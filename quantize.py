@@ -296,6 +296,34 @@ def _register(gm, name, tensor):
     return name
 
 
+def release_replaced(module, graphs, config):
+    """Free the 16-bit weights that quantized copies replaced, which the graphs no longer read:
+    each becomes a placeholder of no memory (a zero expanded to its shape, type kept for the
+    bandwidth figures), in ``module`` and the graphs alike (they share the parameters). Not
+    where PyTorch baselines run the Hugging Face model itself, nor for a weight that shares
+    memory with one a graph reads (an LM head tied to the embedding). Returns the bytes freed."""
+    if not kind_of(config) or config.prequantized or config.enable_pytorch_run:
+        return 0
+    attrs = [attribute(m, n.target) for gm in graphs.values() for m in gm.modules()
+             if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes if n.op == "get_attr"]  # (pieces too)
+    read = {t.untyped_storage().data_ptr() for t in attrs if isinstance(t, torch.Tensor)}
+    replaced = []
+    for gm in graphs.values():
+        fused = gm.meta.get("fused_from", {})
+        for target, *_ in gm.meta.get("quantized_from", {}).values():
+            replaced += [module.get_parameter(name) for name in fused.get(target, [target])]
+            if target in fused and hasattr(gm, target):
+                replaced.append(gm.get_parameter(target))
+    freed = 0
+    for p in {id(p): p for p in replaced}.values():
+        storage = p.untyped_storage()
+        if storage.data_ptr() in read or storage.nbytes() == p.element_size():
+            continue  # (read by a graph, or a placeholder already)
+        freed += p.numel() * p.element_size()
+        p.data = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
+    return freed
+
+
 def requantize(weight, transposed, kind, group, smooth):
     """``quantize_weight`` for a recipe of ``gm.meta["quantized_from"]`` (build_cache)."""
     return quantize_weight(weight.t() if transposed else weight, kind, group, smooth)

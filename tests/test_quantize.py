@@ -3,7 +3,7 @@ reference on every path (one row, several, more than 16; the Triton kernel for d
 under Triton's interpreter without a GPU), weights rounded to nearest, the
 ``quantize`` pass against the same layers swapped into the Hugging Face model (teacher-forced
 logits at prefill and 40 decode steps, every cache mode, GPT-2's Conv1D too), the layer split,
-the build cache, eval_ppl, and each bad flag in one line."""
+the build cache, the 16-bit weights a build frees, eval_ppl, and each bad flag in one line."""
 
 import copy
 import dataclasses
@@ -160,9 +160,9 @@ def check_against_module(family, cache, kind, tol):
     calibration = sequence[:, :PROMPT]
     run = run_config(ours, CPU, cache, batch_size=1, **FLAGS[kind])
     make = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
+    ref = quantized_reference(ours, run, calibration)  # (the build frees the weights it replaced)
     gen, _, _ = build_generator(LastLogits(ours), make, (1, 1), run, PROMPT + DECODE, (sequence[:, :PROMPT], None),
                                 calibration=lambda: calibration)
-    ref = quantized_reference(ours, run, calibration)
     if cache:
         want = stepwise_logits(ref, sequence)
     else:  # without a cache every step reads the whole sequence, as a prompt
@@ -228,7 +228,7 @@ def test_layer_split_ends_pieces_at_quantized_products():
 
 
 def test_build_cache_quantizes_again_instead_of_storing(monkeypatch):
-    ours, _ = tiny_pair("llama")
+    ours, ref = tiny_pair("llama")
     sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
     run = run_config(ours, CPU, **FLAGS["int8_sq"])
     make = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
@@ -236,11 +236,11 @@ def test_build_cache_quantizes_again_instead_of_storing(monkeypatch):
     requantize = quantize.requantize
     monkeypatch.setattr(quantize, "requantize", lambda *a: calls.append(a) or requantize(*a))
 
-    def built():
-        gen, _, cached = build_generator(LastLogits(ours), make, (1, 1), run, PROMPT + DECODE,
+    def built():  # each from its own copy of the weights, as each process loads them (a build frees some)
+        gen, _, cached = build_generator(LastLogits(copy.deepcopy(ours)), make, (1, 1), run, PROMPT + DECODE,
                                          (sequence[:, :PROMPT], None), {"test": "quantized"},
                                          calibration=lambda: sequence[:, :PROMPT])
-        return cached, teacher_forced_errors(gen, ours, sequence)
+        return cached, teacher_forced_errors(gen, ref, sequence)
 
     first, errors = built()
     assert first["status"] == "built" and not calls
@@ -250,6 +250,37 @@ def test_build_cache_quantizes_again_instead_of_storing(monkeypatch):
     entry = build_cache.root() / second["key"]
     weights = sum(p.numel() for p in ours.parameters())
     assert (entry / "graphs.pkl").stat().st_size < weights  # no copy of the (1-byte) quantized weights
+
+
+def is_placeholder(tensor):
+    return tensor.untyped_storage().nbytes() == tensor.element_size()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_build_frees_the_weights_quantized_copies_replaced(tied):
+    """Each quantized Linear's 16-bit weight becomes a placeholder of no memory (its shape kept
+    for the bandwidth figures), built and loaded from the build cache alike, and the graph still
+    computes the quantized model; the embedding and norms stay, and so does an LM head tied to
+    the embedding even when it is quantized. With PyTorch baselines (they run the Hugging Face
+    model) nothing is freed."""
+    ours, _ = tiny_pair("llama", tie_word_embeddings=tied)
+    sequence = torch.randint(0, ours.config.vocab_size, (1, PROMPT + DECODE))
+    make = run_llm.text_inputs(1, ours.config.vocab_size, CPU)
+    for baselines, status in ((False, "built"), (False, "loaded"), (True, None)):
+        run = dataclasses.replace(run_config(ours, CPU, **FLAGS["int8_wo"]), quant_lm_head=tied,
+                                  enable_pytorch_run=baselines)
+        model = copy.deepcopy(ours)
+        gen, _, cached = build_generator(LastLogits(model), make, (1, 1), run, PROMPT + DECODE,
+                                         (sequence[:, :PROMPT], None), status and {"test": f"release {tied}"})
+        assert status is None or cached["status"] == status
+        head = model.get_output_embeddings()
+        quantized = {id(m.weight) for _, m in quantize._linears(model, head, tied)}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            freed = id(p) in quantized and not baselines and not (tied and p is head.weight)
+            assert is_placeholder(p) == freed, name
+            assert p.shape == ours.get_parameter(name).shape
+        errors = teacher_forced_errors(gen, quantized_reference(ours, run, None), sequence)
+        assert max(errors) < 1e-4, errors
 
 
 @pytest.mark.parametrize("fields,message", [

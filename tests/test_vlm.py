@@ -12,6 +12,7 @@ random-weight configs (tests/tiny_vlm.py).
   JSON, and each bad image input (one error line, exit code 2).
 """
 
+import copy
 import inspect
 import json
 import math
@@ -135,7 +136,9 @@ def test_qwen_language_model_takes_quantized_weights(qwen, qwen_reference):
     """--quant_format reaches the language model's graph (not the vision encoder's): INT8
     weights move the logits off the 16-bit reference, by about INT8's rounding."""
     _, ref_logits, _ = qwen_reference
-    _, logits, _ = run_pipeline(qwen, vlm_config(cache="static_v2", quant_format="int8", weight_only=True))
+    # (a copy: the build frees the 16-bit weights it quantized, and the other tests share the model)
+    _, logits, _ = run_pipeline(copy.deepcopy(qwen), vlm_config(cache="static_v2", quant_format="int8",
+                                                                weight_only=True))
     reference = ref_logits[:, :len(logits)]
     difference = (torch.stack(logits, 1) - reference).abs().max()
     assert 1e-4 < difference < 0.05 * reference.abs().max()
