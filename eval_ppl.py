@@ -146,6 +146,7 @@ def main(argv=None):
         f"{run.precision}, {run.device})")
     model, _, source = models.load_model(run.model, run.random_weights, run.dtype, run.torch_device,
                                          with_tokenizer=False, config=model_config)
+    quantization = quantize.recorded(run, model)  # (before its Linears are swapped)
     if run.quant_format or run.prequantized:
         calibration = quantize.calibration_ids(tokenizer, model.config.vocab_size, run.torch_device) \
             if run.quant_algo == "smoothquant" else None  # (only SmoothQuant reads text to calibrate)
@@ -154,12 +155,12 @@ def main(argv=None):
     start = time.perf_counter()
     result = perplexity(model, ids, args.window, args.stride)
     seconds = time.perf_counter() - start
-    label = f"{run.precision}" + (f", {quantize.label(run.quantization)} weights" if run.quantization else "")
+    label = f"{run.precision}" + (f", {quantize.label(quantization)} weights" if quantization else "")
     print(f"{run.model_name} {label} on {run.device}: {result['tokens']} tokens of Hamlet, "
           f"perplexity {result['perplexity']:.3f} ({result['bits_per_token']:.3f} bits per token; "
           f"window {args.window}, stride {args.stride}; {seconds:.1f} s)")
     record = {"model": run.model_name, "source": str(source), "random_weights": run.random_weights,
-              "precision": run.precision, "quantization": run.quantization, "device": run.device, "text": TEXT_NAME,
+              "precision": run.precision, "quantization": quantization, "device": run.device, "text": TEXT_NAME,
               "max_tokens": args.max_tokens,
               **result, "seconds": round(seconds, 3), "versions": versions()}
     if args.output_json:

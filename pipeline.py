@@ -144,9 +144,10 @@ class Built:
         return self.gen.max_len
 
 
-def run_record(config, source, prompt_len, max_len, timings, cached, **extra):
+def run_record(config, source, prompt_len, max_len, timings, cached, text_model, **extra):
     """The JSON fields every run shares (run_llm.py and run_vlm.py add their own); ``cached``:
-    what the build cache did (``build_generator``)."""
+    what the build cache did (``build_generator``); ``text_model``: the Hugging Face language
+    model (its widths choose INT4's default group size)."""
     return {
         "model": config.model_name,
         "source": str(source),
@@ -164,7 +165,7 @@ def run_record(config, source, prompt_len, max_len, timings, cached, **extra):
         "num_tokens": config.num_tokens,
         "max_len": max_len,
         "sampling": dataclasses.asdict(config.sampling) if config.sampler else None,
-        "quantization": config.quantization,
+        "quantization": quantize.recorded(config, text_model),
         "timings_s": timings,
         "build_cache": cached,
         "versions": versions(),

@@ -390,13 +390,27 @@ def _linears(module, head, lm_head):
             if (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D") and (lm_head or m is not head)]
 
 
+def _replaced(model, config):
+    """The [N, K] weights of a Hugging Face model that quantization replaces."""
+    return [_weight(m) for _, m in _linears(model, model.get_output_embeddings(), config.quant_lm_head)]
+
+
+def recorded(config, model):
+    """RunConfig.quantization for the run record, with INT4's group size as chosen for
+    ``model`` where the flags left it to the widths."""
+    record = config.quantization
+    if record and kind_of(config) == "int4" and not record["group_size"]:
+        record = {**record, "group_size": group_size({w.shape[1] for w in _replaced(model, config)}, 0)}
+    return record
+
+
 def weight_bytes(model, config):
     """(bytes of the 16-bit weights that quantization replaces, bytes of what replaces them)
     for a Hugging Face model: what a decode step reads less (benchmark.py's bandwidth floor)."""
     kind = kind_of(config)
     if kind is None:
         return 0, 0
-    weights = [_weight(m) for _, m in _linears(model, model.get_output_embeddings(), config.quant_lm_head)]
+    weights = _replaced(model, config)
     before = sum(w.numel() * w.element_size() for w in weights)
     if kind == "int4":
         group = group_size({w.shape[1] for w in weights}, config.quant_group_size)

@@ -127,7 +127,8 @@ def build(config: RunConfig, prompt_len=None, tokenizer=None, model_config=None)
                                            identity, calibration)
     timings["load_s"] = load_s
     eos = [] if tokenizer is None else models.eos_ids(model.generation_config, model.config, tokenizer)
-    return Built(gen, tokenizer, eos, run_record(config, source, prompt_len, max_len, timings, cached), model)
+    return Built(gen, tokenizer, eos, run_record(config, source, prompt_len, max_len, timings, cached, model),
+                 model)
 
 
 def load_tokenizer(config, model_config):

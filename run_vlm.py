@@ -232,8 +232,8 @@ def run(config: RunConfig) -> dict:
     gen, vision, (embeds, position_ids), mode, timings, cached = build(vlm, config, input_ids, mode, max_len,
                                                                        identity)
     timings["load_s"] = load_s
-    result = run_record(config, vlm.source, prompt_len, max_len, timings, cached, image=config.image_path,
-                        image_tokens=vlm.num_image_tokens, vision=mode)
+    result = run_record(config, vlm.source, prompt_len, max_len, timings, cached, vlm.text_model,
+                        image=config.image_path, image_tokens=vlm.num_image_tokens, vision=mode)
     if config.benchmark:
         result["benchmark"] = benchmark.run(gen, input_ids, config, vlm.text_model, vision=vision,
                                             embed=vlm.embed_tokens, decode_positions=vlm.decode_positions)

@@ -317,6 +317,16 @@ def test_eval_ppl_measures_the_quantized_model(tiny_chat_dir, tmp_path, capsys):
     assert "int4 g32 weights" in capsys.readouterr().out
 
 
+def test_the_record_names_the_group_size_chosen(tiny_llama_dir, tmp_path, capsys):
+    """Without --quant_group_size the widths choose it (the tiny Llama's 64 takes 64): the JSON
+    record and the table say which."""
+    path = tmp_path / "int4.json"
+    run_llm.main(["--model", str(tiny_llama_dir), "--device", "cpu", "--benchmark", "--isl", "8", "--num_tokens", "2",
+                  "--iterations", "1", "--quant_format", "int4", "--output_json", str(path)])
+    assert __import__("json").loads(path.read_text())["quantization"]["group_size"] == 64
+    assert "FP32 int4 g64" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("flags,message", [
     (("int4", False, "max", False), "--quant_format int4 does not run on --backend tensorrt"),
     (("fp8", True, "max", False), "--quant_format fp8 --weight_only does not run on --backend tensorrt"),
