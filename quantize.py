@@ -195,7 +195,7 @@ def quantized_linear(x, weight, scale, extra, bias, kind, gemv=False):
         y = partial.sum(0).to(dtype).view(*x.shape[:-1], n)
     elif kind == "int4" or kind.startswith("fp8_block:"):
         y = F.linear(x, dequantize(weight, scale, extra, kind, dtype))
-    else:  # off CUDA
+    else:  # INT8 / FP8 dequantized into a 16-bit product: weight-only prompts, and rows off the Triton kernel
         y = (F.linear(x, weight.to(dtype)).float() * scale).to(dtype)
     return y if bias is None else y + bias
 

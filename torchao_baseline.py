@@ -78,15 +78,14 @@ def quantized(model, config):
     kind = quantize.kind_of(config)
     head = None if config.quant_lm_head else model.get_output_embeddings()
     weights = {m: m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
-    group = quantize.group_size({m.in_features for m in weights}, config.quant_group_size) if kind == "int4" else 0
-    ao_config = recipe(kind, group)
+    quantization = {**quantize.recorded(config, model), "algo": "max"}  # (INT4: the group size our pass takes)
+    ao_config = recipe(kind, quantization["group_size"] or 0)
     if config.quant_algo == "smoothquant":
         log("torchao baseline: INT8 W8A8 without SmoothQuant (torchao's is a prototype of its own); ours smooths")
     inductor = torch._inductor.config.get_config_copy()  # quantize_ sets torchao's Inductor options process-wide
     try:
         quantize_(model, ao_config, filter_fn=lambda module, _: module in weights)
-        label = quantize.label({**config.quantization, "algo": "max", "group_size": group or None})
-        yield {"precision": f"{config.precision} {label}",
+        yield {"precision": f"{config.precision} {quantize.label(quantization)}",
                "torchao": {"version": torchao.__version__, "config": repr(ao_config), "layers": len(weights)}}
     finally:
         for module, weight in weights.items():
