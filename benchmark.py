@@ -14,13 +14,14 @@ import torch
 from tqdm import tqdm
 
 import quantize
+import tensor_parallel
 import torchao_baseline
 from detokenize import printer
 from files import locked, write_atomic
 from generate import collect, prefill
 from generate import steps as token_steps
 from sampling import row_values
-from utils import UserError, log
+from utils import UserError, leader, log
 
 # Datasheet memory bandwidth (bytes/s) by the name torch reports, for the bandwidth floor.
 CARD_BANDWIDTH = {
@@ -91,24 +92,19 @@ def graph_us_per_call(calls, replays=20):
     return start.elapsed_time(end) * 1000 / (replays * len(calls))
 
 
-def attention_heads(config):
-    """(query heads, K/V heads, head size) of a text config."""
-    q_heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
-    return q_heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // q_heads
-
-
 def decode_bytes(model, batch_size, context_len, dtype):
     """Bytes a decode step must read at least: every weight once (the embedding table only for
-    the rows it looks up, unless it is also the output projection) plus the valid K/V rows."""
+    the rows it looks up, unless it is also the output projection) plus the valid K/V rows. Of
+    a sharded model: all ranks' reads together (each holds its slices and K/V heads)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     embedding = model.get_input_embeddings().weight
     if model.get_output_embeddings() is None or model.get_output_embeddings().weight is not embedding:
         weights -= embedding.numel() * embedding.element_size()
     config = model.config.get_text_config()
-    _, heads, head_dim = attention_heads(config)
+    _, heads, head_dim = tensor_parallel.attention_heads(config)
+    heads = tensor_parallel.local_kv_heads(heads)
     kv = 2 * config.num_hidden_layers * heads * head_dim * context_len * batch_size * torch.finfo(dtype).bits // 8
-    return weights + kv
+    return (weights + kv) * tensor_parallel.world()
 
 
 def _step_bytes(model, input_ids, config, dtype, quantized=True):
@@ -143,7 +139,9 @@ def summarize(ttfts, step_ms, e2es, batch_size, bytes_per_step, device):
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         bandwidth = CARD_BANDWIDTH.get(name)
+        bandwidth = bandwidth and bandwidth * tensor_parallel.world()  # a sharded model: every rank's card
         stats["card"] = name
+        stats["world_size"] = tensor_parallel.world()
         stats["datasheet_gb_per_s"] = bandwidth / 1e9 if bandwidth else None
         stats["floor_ms"] = bytes_per_step / bandwidth * 1e3 if bandwidth else None
         stats["pct_of_bandwidth"] = 100 * stats["floor_ms"] / tpot_p50 if bandwidth else None
@@ -159,7 +157,8 @@ def timed_runs(label, config, run_once):
     """Warm-up, then timed iterations of ``run_once(clock)`` with a progress bar. Each run marks
     the clock at its start and after each token; returns TTFT, decode-step and e2e lists."""
     ttfts, steps, e2es = [], [], []
-    bar = tqdm(range(config.warmup + config.iterations), desc=label, unit="it", leave=False, dynamic_ncols=True)
+    bar = tqdm(range(config.warmup + config.iterations), desc=label, unit="it", leave=False, dynamic_ncols=True,
+               disable=not leader())
     for i in bar:
         clock = Clock(config.torch_device)
         run_once(clock)
@@ -340,6 +339,8 @@ def rows(result):
                                      "isl", "num_tokens")}
     common.update(torch=result["versions"]["torch"], transformers=result["versions"]["transformers"],
                   build_cache=result["build_cache"]["status"])
+    if result.get("tp", 1) > 1:  # (in the device column: a CSV keeps one set of columns)
+        common["device"] += f" tp{result['tp']}"
     # (the format in the precision column: a CSV keeps one set of columns)
     quantized = quantize.label(result.get("quantization"))
     out = [dict(common, runner="pipeline", **result["timings_s"], **result["benchmark"],

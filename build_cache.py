@@ -47,6 +47,7 @@ import torch
 
 import files
 import models
+import tensor_parallel
 from export_llm import attribute
 from utils import UserError, log
 
@@ -133,7 +134,10 @@ def key_fields(config, what, length, identity):
     build = {k: v for k, v in asdict(config).items() if k not in NOT_BUILD_FIELDS}
     return {"format": FORMAT, "what": what, "length": length, "model_name": config.model_name, "model": identity,
             "config": build, "device": _device_identity(config), "versions": _versions(config),
-            "toolkit": toolkit_version()}
+            "toolkit": toolkit_version(),
+            # a rank's graphs hold its slices and its collectives (rank 0 alone adds row-split biases)
+            **({"tensor_parallel": [tensor_parallel.rank(), tensor_parallel.world()]}
+               if tensor_parallel.active() else {})}
 
 
 def key_of(fields):

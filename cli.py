@@ -15,13 +15,14 @@ import cache_modes
 import config
 import prequantized
 import quantize
+import tensor_parallel
 from files import write_json, write_problem
-from utils import PRECISIONS, UserError, log
+from utils import PRECISIONS, UserError, leader, log
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not a usage block
-        self.exit(2, f"error: {message} (see --help)\n")
+    def error(self, message):  # one line, not a usage block (from rank 0 alone, under torchrun)
+        self.exit(2, f"error: {message} (see --help)\n" if leader() else None)
 
 
 def number(kind, ok, rule):
@@ -138,6 +139,9 @@ def add_common_args(parser):
     parser.add_argument("--mixed_lengths", action="store_true",
                         help="benchmark a batch of prompts of different lengths (row r: r/(2*batch) shorter than "
                              "--isl), left-padded")
+    parser.add_argument("--tp", type=positive_int,
+                        help="tensor parallel: shard the model over this many GPUs, one process each, launched "
+                             "with torchrun --nproc_per_node N (gloo on CPU)")
     parser.add_argument("--enable_pytorch_run", action="store_true", help="also benchmark a PyTorch baseline")
     parser.add_argument("--baseline", nargs="+", choices=(*config.BASELINES, "torchao", "all"),
                         help="which baselines --enable_pytorch_run measures, one or more (default hf_generate; "
@@ -160,6 +164,8 @@ def run_config(args, model_config, vision_language=False, serving=False):
     fields["prompts"] = tuple(fields.pop("prompts", None) or ())
     baselines = fields.pop("baseline", None)
     fields["baselines"] = tuple(baselines) if baselines else None
+    if "tp" in fields:
+        fields["tp"] = tensor_parallel.world() if tensor_parallel.active() else 1
     check_outputs(fields.get("output_json"), fields.get("results_csv"), fields.get("profile"))
     return config.resolve(model_config.model_type, vision_language=vision_language, serving=serving,
                           prequantized=prequantized.scheme(model_config), **fields)
@@ -185,6 +191,8 @@ def check_outputs(output_json, results_csv, profile):
 def write_result(result, run):
     """Write --results_csv and --output_json. Where one fails the others are written anyway and
     the record goes to stdout, then one line says what failed (exit 2)."""
+    if not leader():  # every rank has the same record; rank 0 writes it
+        return
     failed = [result["benchmark"]["profile_error"]] if "profile_error" in result.get("benchmark", {}) else []
     if run.results_csv and "benchmark" in result:
         try:
@@ -217,18 +225,30 @@ def cli_main(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        tensor_parallel.quiet_followers()
         try:
             with torch.no_grad():
                 main(argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(e), 2)
         except torch.cuda.OutOfMemoryError as e:
             first = str(e).splitlines()[0] if str(e) else ""
-            print(f"error: out of GPU memory ({first}); lower --batch_size, --isl or --num_tokens", file=sys.stderr)
-            sys.exit(3)
+            fail(f"out of GPU memory ({first}); lower --batch_size, --isl or --num_tokens", 3)
+        except RuntimeError as e:  # (gloo's lost peer is a plain RuntimeError)
+            if not tensor_parallel.collective_error(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fail(f"tensor parallel: a collective failed, another rank has probably stopped ({first[:200]})", 4)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        tensor_parallel.finish()
 
     return wrapper
+
+
+def fail(message, code):
+    """One line on stderr (from rank 0 alone, under torchrun) and exit ``code``."""
+    if tensor_parallel.fail(message, code):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)

@@ -50,6 +50,7 @@ class RunConfig:
     build_cache: bool = True  # load a matching build from the build cache, or save this one there
     tune: str = "decode"  # Inductor's coordinate-descent tuning: decode graph, all graphs, none
     batch_size: int = 1
+    tp: int = 1  # ranks the model is sharded over (tensor_parallel.py; torchrun launches them)
     max_len: int | None = None  # the KV cache's positions (None: what the prompt needs, rounded up)
     sampler: bool = False  # the graph samples (sampling.py); a row with temperature 0 stays greedy
     quant_format: str = ""  # quantize.py: "" (16-bit), fp8, int8, int4, nvfp4
@@ -135,6 +136,17 @@ def resolve_sampling(temperature, top_k, top_p, seed, serving=False):
         sampling = dataclasses.replace(sampling, seed=random.randrange(1 << 31))
         log(f"sampling with --seed {sampling.seed} (pass it to repeat this run)")
     return sampling
+
+
+def check_tp(serving, prequantized, fields):
+    """One UserError line for what a sharded run cannot do (yet)."""
+    refused = {"--enable_pytorch_run (the baselines run transformers' model on one GPU)":
+               fields.get("enable_pytorch_run"),
+               "--interactive (rank 0 alone reads the terminal)": fields.get("interactive"),
+               "a pre-quantized checkpoint": prequantized, "the server": serving}
+    for what, given in refused.items():
+        if given:
+            raise UserError(f"--tp > 1: not with {what}")
 
 
 def triton_kernels_available(device, backend):
@@ -233,6 +245,8 @@ def resolve(model_type, *, device="auto", precision=None, backend="auto", num_to
     if sampler and backend == "tensorrt":
         raise UserError("sampling runs in the graph on --backend inductor or eager, not yet on tensorrt "
                         "(greedy decoding runs there)")
+    if fields.get("tp", 1) > 1:
+        check_tp(serving, prequantized, fields)
     if fields.get("stream") and batch_size > 1:
         raise UserError("--stream prints one text as it is decoded: it needs a batch of one prompt")
     if fields.get("interactive") and batch_size > 1:

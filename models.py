@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import prequantized
 import register_sdpa
+import tensor_parallel
 from files import folder_problem
 from utils import UserError, log
 
@@ -333,7 +334,7 @@ def check_memory(config, auto_class, dtype, device, label, from_host):
     device, which allocates nothing."""
     with torch.device("meta"):
         params = sum(p.numel() for p in auto_class.from_config(config, dtype=dtype).parameters())
-    need = params * torch.finfo(dtype).bits // 8
+    need = params * torch.finfo(dtype).bits // 8 // tensor_parallel.world()  # (about: the embedding is whole)
     places = [device] + ([torch.device("cpu")] if from_host and device.type != "cpu" else [])
     for place in places:
         free = free_memory(place)
@@ -352,7 +353,18 @@ def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURE
     check_architecture(config, supported)
     check_memory(config, auto_class, dtype, device, label, from_host=not random_weights)
     kwargs = dict(attn_implementation=register_sdpa.ATTN_IMPLEMENTATION, dtype=dtype)
-    if random_weights:
+    sharded = tensor_parallel.active()
+    # A transformers model with random weights under --tp: each rank builds its slices alone
+    sliced = random_weights and sharded and not issubclass(auto_class, torch.nn.Module)
+    if sliced:
+        # This rank's slices only, each initialised where it lives (no rank holds the whole model)
+        with torch.device("meta"):
+            hf = auto_class.from_config(config, **kwargs)
+        tensor_parallel.shard(hf, device)
+        hf.to_empty(device=device)
+        torch.manual_seed(0)
+        hf.initialize_weights()  # (not init_weights: it would tie the split LM head to the embedding again)
+    elif random_weights:
         torch.manual_seed(0)
         with torch.device(device):  # initialise on the GPU: an 8B model in fp32 would not fit in host RAM
             hf = auto_class.from_config(config, **kwargs)
@@ -368,5 +380,8 @@ def load_model(model, random_weights, dtype, device, supported=TEXT_ARCHITECTURE
             hf = auto_class.from_pretrained(model, **kwargs)
         except (OSError, ValueError, RuntimeError) as e:
             raise UserError(f"{label}: cannot load weights ({str(e).splitlines()[0]})") from e
+    if sharded and not sliced:
+        # (from_pretrained leaves weights of the dtype asked memory-mapped on the host: a rank reads its slices)
+        tensor_parallel.shard(hf, device)
     tokenizer = load_tokenizer(None if random_weights else model, config) if with_tokenizer else None
     return hf.to(device).eval(), tokenizer, model

@@ -17,6 +17,7 @@ import chat
 import cli
 import models
 import quantize
+import tensor_parallel
 from config import RunConfig
 from detokenize import printer
 from export_llm import LastLogits
@@ -77,7 +78,8 @@ def parse(argv=None) -> RunConfig:
     parser.add_argument("--interactive", action="store_true",
                         help="chat on the terminal, turn by turn, with the model's chat template (implies --stream)")
     args = parser.parse_args(argv)
-    args.device = str(resolve_device(args.device))  # before anything slow: no GPU fails at once
+    # Before anything slow: no GPU fails at once. Under torchrun, each rank's GPU and the group.
+    args.device = str(tensor_parallel.setup(args.tp, resolve_device(args.device), "run_llm.py"))
     if args.prompts_file:
         if args.prompts:
             raise UserError("--prompt and --prompts_file both give the prompts: choose one")
@@ -86,6 +88,7 @@ def parse(argv=None) -> RunConfig:
     if args.interactive and args.prompts:
         raise UserError("--interactive reads the prompts from the terminal: no --prompt")
     model_config = models.load_config(args.model, args.random_weights)
+    tensor_parallel.check(model_config, args.tp)
     return cli.run_config(args, model_config)
 
 

@@ -22,6 +22,7 @@ import eagle2
 import export_llm
 import models
 import passes
+import tensor_parallel
 from config import VISION_MODES, RunConfig
 from pipeline import build_generator, generate_text, run_record
 from utils import UserError, log, resolve_device
@@ -177,8 +178,9 @@ def parse(argv=None) -> RunConfig:
     args = add_vlm_args(cli.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     args.image_path = args.image_path or str(SAMPLE_IMAGE)
     load_image(args.image_path)  # before anything slow: a bad path fails at once
-    args.device = str(resolve_device(args.device))
+    args.device = str(tensor_parallel.setup(args.tp, resolve_device(args.device), "run_vlm.py"))
     model_config = models.load_config(args.model, args.random_weights)
+    tensor_parallel.check(model_config, args.tp)
     if args.max_tiles and model_family(model_config) is not eagle2.Eagle2VL:
         raise UserError("--max_tiles is for Eagle2 (Qwen2.5-VL does not tile images)")
     if len(args.prompts or ()) > 1 or args.stream:

@@ -10,6 +10,7 @@
 # a cell that runs longer (a slow baseline compile, say) and records it as failed, with what it
 # had measured by then. GPUS="0 1 2 3" runs one cell per listed GPU at a time (each cell sees
 # only its GPU, and gets an equal share of the CPU cores where taskset exists), in grid order.
+# TP=N runs each cell under torchrun on N ranks (--tp N), one GPU each.
 # Ctrl-C (SIGINT) or SIGTERM stops the running cells at once and records them as interrupted.
 # Exit status: 0 when every cell ran, 1 when some failed (the last line says how many), 2 for
 # an output folder that cannot be written, 130 when interrupted.
@@ -26,7 +27,12 @@ NUM_TOKENS=${NUM_TOKENS:-128}
 ARGS=${ARGS:-"--random_weights --cudagraph --iterations 5"}
 CELL_TIMEOUT=${CELL_TIMEOUT:-0}  # 0: no limit
 GPUS=${GPUS:-}  # empty: one cell at a time, on whatever devices the environment shows
+TP=${TP:-}  # N: each cell sharded over N ranks, one GPU each (torchrun, --tp N); GPUS stays empty
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+if [[ -n "$TP" && -n "$GPUS" ]]; then
+  echo "error: TP=$TP runs each cell on $TP GPUs, GPUS one cell per GPU: set one of them" >&2
+  exit 2
+fi
 if ! mkdir -p "$OUT/cells" "$OUT/logs" 2> /dev/null || ! touch "$OUT/.probe.$$" 2> /dev/null; then
   echo "error: OUT=$OUT: cannot write there" >&2
   exit 2
@@ -47,9 +53,15 @@ run_cell() {  # index, then the lane's command prefix (its GPU and cores)
   local cell_args=(--model "$model" --backend "$backend" --cache "$cache" --precision "$precision" --isl "$isl"
                    --num_tokens "$NUM_TOKENS" --benchmark $ARGS)
   [[ " $ARGS " == *" --cudagraph "* && "$cache" != static_v2 ]] && cell_args=("${cell_args[@]/--cudagraph}")
+  local launcher=("$PYTHON")
+  if [[ -n "$TP" ]]; then
+    launcher=("$PYTHON" -m torch.distributed.run --nproc_per_node "$TP" --master_port $((29500 + index % 1000)))
+    cell_args+=(--tp "$TP")
+    name+="_tp$TP"
+  fi
   echo "[sweep] $((index + 1))/${#cells[@]}: $name${GPU:+ (GPU $GPU)}" >&2
   # In the background, so that the lane's trap runs (and stops it) the moment a stop arrives.
-  "$@" timeout "$CELL_TIMEOUT" "$PYTHON" run_llm.py "${cell_args[@]}" --output_json "$OUT/cells/$name.json" \
+  "$@" timeout "$CELL_TIMEOUT" "${launcher[@]}" run_llm.py "${cell_args[@]}" --output_json "$OUT/cells/$name.json" \
     --results_csv "$OUT/results.csv" > "$OUT/logs/$name.out" 2> "$OUT/logs/$name.log" &
   cell=$!
   wait "$cell"

@@ -31,7 +31,8 @@ def rows(records):
             out.append({"model": r["cell"], "runner": "FAILED", "backend": r["error"][:80]})
             continue
         common = dict(model=r["model"], cache=r["cache"], precision=r["precision"], isl=r["isl"])
-        out.append(dict(common, runner="pipeline", backend=r["backend"], **r["benchmark"], **r["timings_s"]))
+        tp = f" tp{r['tp']}" if r.get("tp", 1) > 1 else ""  # (a sharded run: its rank count)
+        out.append(dict(common, runner="pipeline", backend=r["backend"] + tp, **r["benchmark"], **r["timings_s"]))
         for name, stats in r.get("baselines", {}).items():
             hf_cache = {"hf_generate": "hf dynamic", "hf_compile": "hf static", "torchao": "hf static",
                         "no_cache": "none"}[name]

@@ -115,6 +115,7 @@ def compile(gm, dtype, max_len, min_block_size, debug, engine_path=None):
                 # Our masks are sliding windows and position masks, never a plain causal bias.
                 attn_bias_is_causal=False,
                 immutable_weights=True,
+                **tensor_parallel_settings(),
             )
             log(f"building TensorRT engines (min_block_size={min_block_size})")
             with torch_tensorrt.logging.debug() if debug else contextlib.nullcontext():
@@ -180,3 +181,21 @@ def register_converters():
     def _cached_attention(ctx, target, args, kwargs, name):
         q, k_cache, v_cache, mask, scale = args
         return attend(ctx, target, name, q, k_cache, v_cache, mask, scale)
+
+
+def tensor_parallel_settings():
+    """Compile settings for a sharded graph (torch_tensorrt 2.13): its functional collectives
+    become TensorRT's NCCL layers (TensorRT >= 10.16), or TensorRT-LLM's NCCL plugins (found
+    through TRTLLM_PLUGINS_PATH); with neither, they run in PyTorch between engines."""
+    import tensor_parallel
+
+    if not tensor_parallel.active():
+        return {}
+    import torch_tensorrt.distributed
+    from torch_tensorrt._features import ENABLED_FEATURES
+
+    torch_tensorrt.distributed.setup_nccl_for_torch_tensorrt()  # (pip NCCL's library, where it is one)
+    if not (ENABLED_FEATURES.native_trt_collectives or ENABLED_FEATURES.trtllm_for_nccl):
+        log("note: this TensorRT has no NCCL collectives (10.16+ has them; or set TRTLLM_PLUGINS_PATH to "
+            "TensorRT-LLM's plugins): the all-reduces run in PyTorch between engines")
+    return {"use_distributed_mode_trace": True}

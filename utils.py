@@ -16,8 +16,15 @@ class UserError(Exception):
     """Bad input or environment: reported as one line, exit status 2, no traceback."""
 
 
+def leader():
+    """Whether this process speaks: the only one, or rank 0 of a torchrun launch (the others
+    run the same steps; tensor_parallel.py)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def log(message):
-    print(f"[tllm] {message}", file=sys.stderr, flush=True)
+    if leader():
+        print(f"[tllm] {message}", file=sys.stderr, flush=True)
 
 
 def process_age():

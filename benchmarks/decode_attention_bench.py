@@ -20,6 +20,7 @@ import benchmark  # noqa: E402
 import decode_attention  # noqa: E402
 import models  # noqa: E402
 import register_sdpa  # noqa: E402
+import tensor_parallel  # noqa: E402
 
 MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-0.6B",
           "google/gemma-3-1b-it", "meta-llama/Llama-3.1-8B-Instruct", "gpt2"]
@@ -39,7 +40,7 @@ def main():
         f"{'split>=' + (str(m) if m < 1 << 20 else 'all'):>11}" for m in MIN_SPLITS)
     print(header)
     for model in MODELS:
-        q_heads, kv_heads, head_dim = benchmark.attention_heads(
+        q_heads, kv_heads, head_dim = tensor_parallel.attention_heads(
             models.load_config(model, random_weights=True).get_text_config())
         for length in CACHE_LENGTHS:
             q = torch.randn(1, q_heads, 1, head_dim, device=device, dtype=torch.bfloat16)

@@ -103,6 +103,13 @@ def test_unwritable_output_folder_is_refused_first(tiny_llama_dir, tmp_path):
             f"error: OUT={out}: cannot write there"], result.stderr
 
 
+def test_tp_with_one_gpu_per_cell_is_refused_first(tiny_llama_dir, tmp_path):
+    result = sweep(tmp_path, tiny_llama_dir, TP="2", GPUS="0 1")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: TP=2 runs each cell on 2 GPUs, GPUS one cell per GPU: set one of them"], result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_damaged_results_line_is_skipped_with_a_warning(tmp_path, capsys):
     folder = tmp_path / "sweep"
     folder.mkdir()
