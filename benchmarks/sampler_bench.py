@@ -64,6 +64,7 @@ def main(argv=None):
         **{f"sample, {k} candidates": (lambda k=k: with_candidates(k, *inputs)) for k in (1024, 256, 64)},
         **{f"topk {k}": (lambda k=k: logits.topk(k, -1)) for k in (1024, 256, 64)},
         **{f"two-stage topk {k}": (lambda k=k: two_stage_topk(logits, k)) for k in (256, 64)},
+        "sort, whole vocabulary": lambda: logits.sort(-1, descending=True),
     }
     figures = {}
     for name, call in variants.items():
