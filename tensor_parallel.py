@@ -35,6 +35,7 @@ TIMEOUT_S = float(os.environ.get("TLLM_TP_TIMEOUT", 600))  # a collective that w
 _rank, _world = 0, 1
 _failing = threading.Event()  # this process reports its own failure: the watcher stays quiet
 _said = threading.Lock()  # held once a failure is printed: one line per run
+_watcher = None
 
 
 def launched():
@@ -73,7 +74,7 @@ def setup(tp, device, script):
     """Check --tp against the launch and start the process group: NCCL with one GPU per rank
     (the local rank's), gloo on CPU. Returns the device this rank runs on. Outside torchrun,
     --tp 1 (or none) is a plain run."""
-    global _rank, _world
+    global _rank, _world, _watcher
     if not launched():
         if tp and tp > 1:
             raise UserError(f"--tp {tp} runs one process per GPU: launch it with "
@@ -105,7 +106,9 @@ def setup(tp, device, script):
     os.set_blocking(wakeup, False)
     signal.set_wakeup_fd(wakeup)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    threading.Thread(target=_watch, args=(dist.distributed_c10d._get_default_store(), signals), daemon=True).start()
+    _watcher = threading.Thread(target=_watch, args=(dist.distributed_c10d._get_default_store(), signals),
+                                daemon=True)
+    _watcher.start()
     return device
 
 
@@ -138,12 +141,20 @@ def fail(message, code):
     whether this process should print it itself."""
     if not dist.is_initialized():
         return leader()
-    _failing.set()
+    _stop_watching()
     try:
         dist.distributed_c10d._get_default_store().compare_set(FAILED, "", f"{code}|rank {_rank}: {message}")
     except Exception:  # the store is gone: the launcher reports the exit
         pass
     return leader() and _said.acquire(blocking=False)
+
+
+def _stop_watching():
+    """Stop the watcher before the store or the interpreter goes away: a thread still inside a
+    store call at exit aborts the process."""
+    _failing.set()
+    if _watcher is not None and _watcher is not threading.current_thread():
+        _watcher.join(timeout=2)
 
 
 def collective_error(error):
@@ -154,7 +165,7 @@ def collective_error(error):
 
 def finish():
     if dist.is_initialized():
-        _failing.set()
+        _stop_watching()
         dist.destroy_process_group()
 
 
