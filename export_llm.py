@@ -9,7 +9,6 @@ greedy next token. Each pass adds its inputs after the model's and its outputs a
 and records what it added in ``gm.meta``.
 """
 
-import operator
 
 import torch
 from torch import nn
@@ -70,28 +69,21 @@ def add_next_token(gm):
     call = gm.graph.call_function
     with gm.graph.inserting_before(out):
         last = call(aten._to_copy.default, (call(aten.select.int, (logits, 1, -1)),), {"dtype": torch.float32})
-        token = _argmax_in_chunks(gm.graph, last, logits.meta["val"].shape[-1])
+        token = gm.graph.call_function(argmax_in_slices, (last,))
     out.args = ((last, token, *rest),)
     return finish(gm)
 
 
-def _argmax_in_chunks(graph, x, size, chunks=128):
-    """Graph nodes for ``x.argmax(-1)`` of ``x [B, size]`` as two reductions: the max of each of
-    ``chunks`` slices (padded with -inf), then the best slice. One argmax over a whole vocabulary
-    runs in a single thread block per row, an order of magnitude slower than the two reductions
+def argmax_in_slices(x, slices=128):
+    """``x.argmax(-1)`` of ``x [B, N]`` as two reductions: the max of each of ``slices`` slices
+    (padded with -inf), then the best slice. One argmax over a whole vocabulary runs in a single
+    thread block per row, an order of magnitude slower than the two reductions
     (benchmarks/HISTORY.md, 952492c). Ties go to the first index, as with argmax: the first
     slice holding the max, then its first max."""
-    call = graph.call_function
-    pad = -size % chunks
-    if pad:
-        x = call(aten.constant_pad_nd.default, (x, [0, pad], float("-inf")))
-    width = (size + pad) // chunks
-    best_of_chunk = call(aten.max.dim, (call(aten.view.default, (x, [-1, chunks, width])), -1))
-    values, where = (call(operator.getitem, (best_of_chunk, i)) for i in range(2))
-    chunk = call(aten.argmax.default, (values, -1))
-    picked = call(aten.gather.default, (where, 1, call(aten.unsqueeze.default, (chunk, 1))))
-    within = call(aten.squeeze.dim, (picked, 1))
-    return call(aten.add.Tensor, (call(aten.mul.Tensor, (chunk, width)), within))
+    x = torch.nn.functional.pad(x, (0, -x.shape[-1] % slices), value=float("-inf"))
+    values, where = x.view(x.shape[0], slices, -1).max(-1)
+    best = values.argmax(-1)
+    return best * (x.shape[-1] // slices) + where.gather(1, best[:, None])[:, 0]
 
 
 def attention_nodes(gm):

@@ -8,15 +8,16 @@ same tokens for a seed, and a row's tokens do not depend on the batch around it.
 
 Gumbel-max: with G = -log(-log U), argmax(logits / T + G) is token i with probability
 softmax(logits / T)_i, and over a kept subset, that subset's renormalised distribution. With
-neither top-k nor top-p a row draws from the whole vocabulary; with them, from the
-``CANDIDATES`` most likely tokens (a vocabulary-wide sort per step costs more than the step).
+neither top-k nor top-p a row draws from the whole vocabulary (its noise and argmax spread over
+128 slices); with them, from the ``CANDIDATES`` most likely tokens (a vocabulary-wide sort per
+step costs more than the step).
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from export_llm import add_row_input, finish
+from export_llm import add_row_input, argmax_in_slices, finish
 
 CANDIDATES = 1024
 ROW_INPUTS = (("temperature", torch.float32), ("top_k", torch.int64), ("top_p", torch.float32), ("seed", torch.int64))
@@ -74,7 +75,7 @@ def sample(logits, greedy, position_ids, temperature, top_k, top_p, seed):
     position = position_ids[..., -1] if position_ids.dim() == 2 else position_ids[0, :, -1]  # (M-RoPE: text axis)
     scaled = logits / temperature.clamp_min(1e-6)[:, None]
     vocab = torch.arange(logits.shape[-1], device=logits.device)
-    anywhere = torch.argmax(scaled + gumbel(seed, position, vocab[None]), -1)
+    anywhere = argmax_in_slices(scaled + gumbel(seed, position, vocab[None]))  # (the noise hashed in parallel)
     values, ids = scaled.topk(min(CANDIDATES, logits.shape[-1]), -1)
     rank = torch.arange(values.shape[-1], device=logits.device)
     kept = rank[None] < torch.where(top_k > 0, top_k, values.shape[-1])[:, None]

@@ -1,10 +1,10 @@
 """Time the in-graph sampler (``sampling.sample``) and its pieces on one row of Llama 3's
 128256-token vocabulary, each compiled with ``torch.compile`` and replayed 100 times back to
 back in a CUDA graph: the whole sampler at 1024, 256 and 64 candidates, ``torch.topk`` alone
-at those sizes and in two stages (the best of each of 128 slices, then the best of those), the
-vocabulary-wide Gumbel noise and argmax alone, and the greedy argmax. Measured on an H200 the
-whole sampler added 0.116 ms to a 0.816 ms decode step (BENCHMARKS.md); this says which piece
-to cut. Needs a CUDA GPU.
+at those sizes and in two stages (the best of each of 128 slices, then the best of those), a
+whole-vocabulary sort, the vocabulary-wide Gumbel noise with a plain and a sliced argmax, and
+the argmax alone both ways. Says which piece of the sampler's cost over greedy decoding
+(BENCHMARKS.md) to cut. Needs a CUDA GPU.
 
     python3 benchmarks/sampler_bench.py [--json PATH]
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import export_llm  # noqa: E402
 import sampling  # noqa: E402
 from benchmark import graph_us_per_call  # noqa: E402
 
@@ -58,9 +59,12 @@ def main(argv=None):
     inputs = (logits, greedy, position, *row.values())
     vocab = torch.arange(VOCAB, device=cuda)[None]
     variants = {
-        "greedy argmax": lambda: logits.argmax(-1),
+        "argmax": lambda: logits.argmax(-1),
+        "argmax in 128 slices (the graph's)": lambda: export_llm.argmax_in_slices(logits),
         "Gumbel noise + argmax, whole vocabulary": lambda: torch.argmax(
             logits / 0.8 + sampling.gumbel(row["seed"], position[:, -1], vocab), -1),
+        "Gumbel noise + argmax in slices (the sampler's)": lambda: export_llm.argmax_in_slices(
+            logits / 0.8 + sampling.gumbel(row["seed"], position[:, -1], vocab)),
         **{f"sample, {k} candidates": (lambda k=k: with_candidates(k, *inputs)) for k in (1024, 256, 64)},
         **{f"topk {k}": (lambda k=k: logits.topk(k, -1)) for k in (1024, 256, 64)},
         **{f"two-stage topk {k}": (lambda k=k: two_stage_topk(logits, k)) for k in (256, 64)},
