@@ -9,8 +9,8 @@ same tokens for a seed, and a row's tokens do not depend on the batch around it.
 Gumbel-max: with G = -log(-log U), argmax(logits / T + G) is token i with probability
 softmax(logits / T)_i, and over a kept subset, that subset's renormalised distribution. With
 neither top-k nor top-p a row draws from the whole vocabulary (its noise and argmax spread over
-128 slices); with them, from the ``CANDIDATES`` most likely tokens (a vocabulary-wide sort per
-step costs more than the step).
+128 slices); with them, from the ``CANDIDATES`` most likely tokens, found slice by slice
+(``candidates``): a vocabulary-wide ``topk`` costs most of a small model's step.
 """
 
 from dataclasses import dataclass
@@ -69,6 +69,22 @@ def gumbel(seed, position, token):
     return -torch.log(-torch.log(uniform(seed, position, token)))
 
 
+def candidates(x, slices=128, per_slice=32):
+    """The ``CANDIDATES`` largest of ``x [B, V]`` found as the ``per_slice`` largest of each of
+    ``slices`` slices, sorted: two sorts of short rows, one thread block each, where ``topk``
+    over a whole vocabulary took 60-70 us on an H200 (benchmarks/sampler_bench.py). Exact for
+    every token among the ``per_slice`` largest of its slice, so for any top-k up to 32; a
+    later candidate can be missed only where more than 32 of the 1024 share one slice."""
+    x = torch.nn.functional.pad(x, (0, -x.shape[-1] % slices), value=float("-inf"))
+    width = x.shape[-1] // slices
+    values, ids = x.view(x.shape[0], slices, width).sort(-1, descending=True)
+    keep = min(per_slice, width)
+    ids = ids[..., :keep] + torch.arange(slices, device=x.device)[:, None] * width
+    values, order = values[..., :keep].reshape(x.shape[0], -1).sort(-1, descending=True)
+    count = min(CANDIDATES, order.shape[-1])
+    return values[:, :count], ids.reshape(x.shape[0], -1).gather(1, order[:, :count])
+
+
 def sample(logits, greedy, position_ids, temperature, top_k, top_p, seed):
     """The next token ``[B]`` of float32 ``logits [B, V]``: ``greedy`` where temperature is 0,
     else drawn at the row's last position."""
@@ -76,7 +92,7 @@ def sample(logits, greedy, position_ids, temperature, top_k, top_p, seed):
     scaled = logits / temperature.clamp_min(1e-6)[:, None]
     vocab = torch.arange(logits.shape[-1], device=logits.device)
     anywhere = argmax_in_slices(scaled + gumbel(seed, position, vocab[None]))  # (the noise hashed in parallel)
-    values, ids = scaled.topk(min(CANDIDATES, logits.shape[-1]), -1)
+    values, ids = candidates(scaled)
     rank = torch.arange(values.shape[-1], device=logits.device)
     kept = rank[None] < torch.where(top_k > 0, top_k, values.shape[-1])[:, None]
     probs = torch.softmax(torch.where(kept, values, float("-inf")), -1)

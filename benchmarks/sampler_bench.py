@@ -2,9 +2,9 @@
 128256-token vocabulary, each compiled with ``torch.compile`` and replayed 100 times back to
 back in a CUDA graph: the whole sampler at 1024, 256 and 64 candidates, ``torch.topk`` alone
 at those sizes and in two stages (the best of each of 128 slices, then the best of those), a
-whole-vocabulary sort, the vocabulary-wide Gumbel noise with a plain and a sliced argmax, and
-the argmax alone both ways. Says which piece of the sampler's cost over greedy decoding
-(BENCHMARKS.md) to cut. Needs a CUDA GPU.
+whole-vocabulary sort, the sampler's candidates found slice by slice, the vocabulary-wide
+Gumbel noise with a plain and a sliced argmax, and the argmax alone both ways. Says which
+piece of the sampler's cost over greedy decoding (BENCHMARKS.md) to cut. Needs a CUDA GPU.
 
     python3 benchmarks/sampler_bench.py [--json PATH]
 """
@@ -69,6 +69,7 @@ def main(argv=None):
         **{f"topk {k}": (lambda k=k: logits.topk(k, -1)) for k in (1024, 256, 64)},
         **{f"two-stage topk {k}": (lambda k=k: two_stage_topk(logits, k)) for k in (256, 64)},
         "sort, whole vocabulary": lambda: logits.sort(-1, descending=True),
+        "1024 candidates in 128 slices (the sampler's)": lambda: sampling.candidates(logits),
     }
     figures = {}
     for name, call in variants.items():
