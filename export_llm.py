@@ -9,7 +9,6 @@ greedy next token. Each pass adds its inputs after the model's and its outputs a
 and records what it added in ``gm.meta``.
 """
 
-
 import torch
 from torch import nn
 from torch.export import Dim
@@ -69,7 +68,7 @@ def add_next_token(gm):
     call = gm.graph.call_function
     with gm.graph.inserting_before(out):
         last = call(aten._to_copy.default, (call(aten.select.int, (logits, 1, -1)),), {"dtype": torch.float32})
-        token = gm.graph.call_function(argmax_in_slices, (last,))
+        token = call(argmax_in_slices, (last,))
     out.args = ((last, token, *rest),)
     return finish(gm)
 

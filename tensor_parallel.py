@@ -202,15 +202,10 @@ def local_kv_heads(kv_heads, size=None):
     return kv_heads // size if kv_heads % size == 0 else 1
 
 
-def _blocks(count, size, r):
-    """Indices of rank ``r``'s equal share of ``count`` rows, in blocks."""
-    share = count // size
-    return torch.arange(r * share, (r + 1) * share)
-
-
-def _head_rows(head_dim, first, count):
-    """Rows of heads ``first`` .. ``first + count - 1`` in a projection's output."""
-    return torch.arange(first * head_dim, (first + count) * head_dim)
+def _rows(first, count, width=1):
+    """Rows of units ``first`` .. ``first + count - 1`` of ``width`` rows each (heads, or single
+    MLP channels) in a projection's output."""
+    return torch.arange(first * width, (first + count) * width)
 
 
 def shard(model, device):
@@ -223,10 +218,11 @@ def shard(model, device):
     text_config = lm.config.get_text_config()
     q_heads, kv_heads, head_dim = attention_heads(text_config)
     q_local, kv_local = q_heads // size, local_kv_heads(kv_heads, size)
-    q_rows = _head_rows(head_dim, r * q_local, q_local)
+    q_rows = _rows(r * q_local, q_local, head_dim)
     kv_first = r * kv_local if kv_heads % size == 0 else r // (size // kv_heads)
-    kv_rows = _head_rows(head_dim, kv_first, kv_local)
-    mlp_rows = _blocks(_mlp_width(text_config), size, r)
+    kv_rows = _rows(kv_first, kv_local, head_dim)
+    mlp_local = _mlp_width(text_config) // size
+    mlp_rows = _rows(r * mlp_local, mlp_local)
     hidden = text_config.hidden_size
     target = device if not _is_meta(model) else torch.device("meta")
     for name, module in lm.get_decoder().named_modules():

@@ -13,6 +13,7 @@ import torch
 from torch.export import Dim
 
 import cache_modes
+import tensor_parallel
 from utils import UserError, log
 
 # --quant_format on TensorRT: NVIDIA ModelOpt's preset for (format, --weight_only, --quant_algo).
@@ -187,8 +188,6 @@ def tensor_parallel_settings():
     """Compile settings for a sharded graph (torch_tensorrt 2.13): its functional collectives
     become TensorRT's NCCL layers (TensorRT >= 10.16), or TensorRT-LLM's NCCL plugins (found
     through TRTLLM_PLUGINS_PATH); with neither, they run in PyTorch between engines."""
-    import tensor_parallel
-
     if not tensor_parallel.active():
         return {}
     import torch_tensorrt.distributed
