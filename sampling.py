@@ -20,6 +20,8 @@ import torch
 from export_llm import add_row_input, argmax_in_slices, finish
 
 CANDIDATES = 1024
+SLICES = 128  # (at most)
+PER_SLICE = 32
 ROW_INPUTS = (("temperature", torch.float32), ("top_k", torch.int64), ("top_p", torch.float32), ("seed", torch.int64))
 _LOW32 = 0xFFFFFFFF
 
@@ -69,30 +71,47 @@ def gumbel(seed, position, token):
     return -torch.log(-torch.log(uniform(seed, position, token)))
 
 
-def candidates(x, slices=128, per_slice=32):
-    """The ``CANDIDATES`` largest of ``x [B, V]`` found as the ``per_slice`` largest of each of
-    ``slices`` slices, sorted: two sorts of short rows, one thread block each, where ``topk``
-    over a whole vocabulary took 60-70 us on an H200 (benchmarks/sampler_bench.py). Exact for
-    every token among the ``per_slice`` largest of its slice, so for any top-k up to 32; a
-    later candidate can be missed only where more than 32 of the 1024 share one slice."""
-    x = torch.nn.functional.pad(x, (0, -x.shape[-1] % slices), value=float("-inf"))
-    width = x.shape[-1] // slices
-    values, ids = x.view(x.shape[0], slices, width).sort(-1, descending=True)
-    keep = min(per_slice, width)
-    ids = ids[..., :keep] + torch.arange(slices, device=x.device)[:, None] * width
-    values, order = values[..., :keep].reshape(x.shape[0], -1).sort(-1, descending=True)
-    count = min(CANDIDATES, order.shape[-1])
-    return values[:, :count], ids.reshape(x.shape[0], -1).gather(1, order[:, :count])
+def plan(vocab, per_slice=None, count=None):
+    """How ``candidates`` divides a vocabulary: (slice width, a power of two so that at most
+    ``SLICES`` slices cover it; the largest kept per slice, ``PER_SLICE``; slices; candidates, a power
+    of two, at most ``CANDIDATES``)."""
+    per_slice, count = per_slice or PER_SLICE, count or CANDIDATES
+    width = 1 << (-(-vocab // SLICES) - 1).bit_length()
+    per_slice = min(per_slice, width)
+    slices = -(-vocab // width)
+    return width, per_slice, slices, min(count, 1 << (slices * per_slice - 1).bit_length())
 
 
-def sample(logits, greedy, position_ids, temperature, top_k, top_p, seed):
+def candidates(x):
+    """The ``plan(...)[3]`` largest of ``x [B, V]``, sorted, found as the ``per_slice`` largest
+    of each slice: two sorts of short rows, where ``topk`` over a whole vocabulary took 60-70 us
+    on an H200 (benchmarks/sampler_bench.py); ``top_candidates.py`` does the same in two Triton
+    kernels. Exact for every token among the ``per_slice`` largest of its slice, so for any
+    top-k up to 32; a later candidate can be missed only where more than 32 of the 1024 share
+    one slice. Where there are fewer values than candidates, -inf fills the rest."""
+    rows, vocab = x.shape
+    width, per_slice, slices, count = plan(vocab)
+    x = torch.nn.functional.pad(x, (0, slices * width - vocab), value=float("-inf"))
+    values, ids = x.view(rows, slices, width).sort(dim=-1, descending=True, stable=True)  # (ties: lower index first)
+    ids = ids[..., :per_slice] + torch.arange(slices, device=x.device)[:, None] * width
+    values, ids = values[..., :per_slice].reshape(rows, -1), ids.reshape(rows, -1)
+    missing = count - values.shape[-1]
+    if missing > 0:
+        values = torch.nn.functional.pad(values, (0, missing), value=float("-inf"))
+        ids = torch.cat([ids, slices * width + torch.arange(missing, device=x.device).expand(rows, -1)], -1)
+    values, order = values.sort(dim=-1, descending=True, stable=True)
+    return values[:, :count], ids.gather(1, order[:, :count])
+
+
+def sample(logits, greedy, position_ids, temperature, top_k, top_p, seed, find_candidates=candidates):
     """The next token ``[B]`` of float32 ``logits [B, V]``: ``greedy`` where temperature is 0,
-    else drawn at the row's last position."""
+    else drawn at the row's last position. ``find_candidates``: ``candidates`` or its kernels'
+    twin (``top_candidates.sample``)."""
     position = position_ids[..., -1] if position_ids.dim() == 2 else position_ids[0, :, -1]  # (M-RoPE: text axis)
     scaled = logits / temperature.clamp_min(1e-6)[:, None]
     vocab = torch.arange(logits.shape[-1], device=logits.device)
     anywhere = argmax_in_slices(scaled + gumbel(seed, position, vocab[None]))  # (the noise hashed in parallel)
-    values, ids = candidates(scaled)
+    values, ids = find_candidates(scaled)
     rank = torch.arange(values.shape[-1], device=logits.device)
     kept = rank[None] < torch.where(top_k > 0, top_k, values.shape[-1])[:, None]
     probs = torch.softmax(torch.where(kept, values, float("-inf")), -1)
@@ -103,15 +122,22 @@ def sample(logits, greedy, position_ids, temperature, top_k, top_p, seed):
     return torch.where(temperature > 0, drawn, greedy)
 
 
-def apply(gm, batch_size):
-    """Add the row inputs of ``ROW_INPUTS`` and make the graph's next token ``sample(...)``."""
+def apply(gm, batch_size, kernels=False):
+    """Add the row inputs of ``ROW_INPUTS`` and make the graph's next token ``sample(...)``;
+    ``kernels``: its candidates from ``top_candidates.py`` (CUDA + triton)."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     logits, greedy, *rest = out.args[0]
     position_ids = [n for n in gm.graph.nodes if n.op == "placeholder"][1]
     rows = [add_row_input(gm, name, torch.empty((batch_size,), dtype=dtype, device="meta"))
             for name, dtype in ROW_INPUTS]
+    if kernels:
+        import top_candidates  # needs triton
+
+        target = top_candidates.sample
+    else:
+        target = sample
     with gm.graph.inserting_before(out):
-        token = gm.graph.call_function(sample, (logits, greedy, position_ids, *rows))
+        token = gm.graph.call_function(target, (logits, greedy, position_ids, *rows))
     out.args = ((logits, token, *rest),)
     return finish(gm)
 

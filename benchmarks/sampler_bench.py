@@ -1,8 +1,9 @@
 """Time the in-graph sampler (``sampling.sample``) and its pieces on one row of Llama 3's
 128256-token vocabulary, each compiled with ``torch.compile`` and replayed 100 times back to
-back in a CUDA graph: the whole sampler at 1024, 256 and 64 candidates, ``torch.topk`` alone
+back in a CUDA graph: the whole sampler with its Triton candidates (``top_candidates.py``, what
+runs on CUDA) and with ``torch.sort``'s at 1024, 256 and 64 candidates, ``torch.topk`` alone
 at those sizes and in two stages (the best of each of 128 slices, then the best of those), a
-whole-vocabulary sort, the sampler's candidates found slice by slice, the vocabulary-wide
+whole-vocabulary sort, the 1024 candidates found slice by slice both ways, the vocabulary-wide
 Gumbel noise with a plain and a sliced argmax, and the argmax alone both ways. Says which
 piece of the sampler's cost over greedy decoding (BENCHMARKS.md) to cut. Needs a CUDA GPU.
 
@@ -19,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export_llm  # noqa: E402
 import sampling  # noqa: E402
+import top_candidates  # noqa: E402
 from benchmark import graph_us_per_call  # noqa: E402
 
 VOCAB = 128256
@@ -65,18 +67,20 @@ def main(argv=None):
             logits / 0.8 + sampling.gumbel(row["seed"], position[:, -1], vocab), -1),
         "Gumbel noise + argmax in slices (the sampler's)": lambda: export_llm.argmax_in_slices(
             logits / 0.8 + sampling.gumbel(row["seed"], position[:, -1], vocab)),
-        **{f"sample, {k} candidates": (lambda k=k: with_candidates(k, *inputs)) for k in (1024, 256, 64)},
+        "sample, 1024 Triton candidates (the sampler's)": lambda: top_candidates.sample(*inputs),
+        **{f"sample, {k} torch.sort candidates": (lambda k=k: with_candidates(k, *inputs)) for k in (1024, 256, 64)},
         **{f"topk {k}": (lambda k=k: logits.topk(k, -1)) for k in (1024, 256, 64)},
         **{f"two-stage topk {k}": (lambda k=k: two_stage_topk(logits, k)) for k in (256, 64)},
         "sort, whole vocabulary": lambda: logits.sort(-1, descending=True),
-        "1024 candidates in 128 slices (the sampler's)": lambda: sampling.candidates(logits),
+        "1024 candidates in 128 slices, torch.sort": lambda: sampling.candidates(logits),
+        "1024 candidates in 128 slices, Triton (the sampler's)": lambda: top_candidates.candidates(logits),
     }
     figures = {}
     for name, call in variants.items():
         torch._dynamo.reset()
         compiled = torch.compile(call)
         figures[name] = graph_us_per_call([compiled] * 100)
-        print(f"{name:42} {figures[name]:8.1f} us")
+        print(f"{name:54} {figures[name]:8.1f} us")
     if args.json:
         Path(args.json).write_text(json.dumps({"card": torch.cuda.get_device_name(), "us": figures}, indent=2))
 
