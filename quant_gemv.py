@@ -51,8 +51,9 @@ def _dequant_product(X, W, Scale, Low, Partial, rows, n, k, x_stride, PER_SPLIT:
     start = split * PER_SPLIT
     if GROUP > 0:
         j = tl.arange(0, GROUP // 2)  # byte j of a group: its columns j (low nibble) and GROUP/2 + j
-        for offset in range(0, PER_SPLIT, BLOCK_K):
-            for step in tl.static_range(max(BLOCK_K // GROUP, 1)):
+        STEP: tl.constexpr = BLOCK_K if BLOCK_K > GROUP else GROUP  # whole groups a step
+        for offset in range(0, PER_SPLIT, STEP):
+            for step in tl.static_range(STEP // GROUP):
                 first = start + offset + step * GROUP
                 k_ok = (first + j) < k
                 packed = tl.load(W + cols[None, :] * (k // 2) + (first // 2 + j)[:, None],
@@ -80,7 +81,7 @@ def _dequant_product(X, W, Scale, Low, Partial, rows, n, k, x_stride, PER_SPLIT:
 
 @triton.autotune(
     configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=1)
-             for n in (16, 32) for k in (512, 1024) for w in (4, 8)]
+             for n in (16, 32) for k in (256, 512, 1024) for w in (4, 8)]
     + [triton.Config({"BLOCK_N": 32, "BLOCK_K": 512}, num_warps=8, num_stages=3)],
     key=["n", "k", "per_split", "GROUP"],
 )
@@ -96,10 +97,11 @@ def _dequant_row(X, W, Scale, Low, Partial, n, k, per_split, GROUP: tl.constexpr
     end = tl.minimum(start + per_split, k)
     if GROUP > 0:
         HALF: tl.constexpr = GROUP // 2
+        STEP: tl.constexpr = BLOCK_K if BLOCK_K > GROUP else GROUP  # whole groups a step
         j = tl.arange(0, HALF)  # byte j of a group: its columns j (low nibble) and HALF + j (high)
         acc = tl.zeros((BLOCK_N, HALF), tl.float32)
-        for offset in range(start, end, BLOCK_K):
-            for step in tl.static_range(BLOCK_K // GROUP):
+        for offset in range(start, end, STEP):
+            for step in tl.static_range(STEP // GROUP):
                 first = offset + step * GROUP
                 ok = first < end
                 packed = tl.load(W + cols[:, None] * (k // 2) + (first // 2 + j)[None, :],

@@ -65,8 +65,10 @@ def test_product_equals_dequantize_then_matmul(kind, rows):
     torch.testing.assert_close(got, reference(x, tensors, None, kind), rtol=1e-5, atol=1e-5)
 
 
+# (groups wider than the fixed tile's 128 columns: a step takes whole groups)
 @pytest.mark.parametrize("rows,n,k,group", [(1, 96, 512, 128), (1, 72, 1344, 64), (1, 40, 300, 0), (3, 40, 300, 0),
-                                            (16, 130, 768, 64), (2, 72, 1344, 64), (1, 130, 1536, 0)])
+                                            (16, 130, 768, 64), (2, 72, 1344, 64), (1, 130, 1536, 0),
+                                            (1, 40, 1024, 256), (2, 40, 1024, 256)])
 @pytest.mark.parametrize("kind", ["int4", "int8_wo", "fp8_wo", "int8_sq"])
 def test_decode_kernel_equals_dequantize_then_matmul(kind, rows, n, k, group, triton_device, monkeypatch):
     """``tllm::dequant_product`` (quant_gemv.py): its one-row kernel and its kernel for more rows,
