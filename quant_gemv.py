@@ -51,7 +51,7 @@ def _dequant_product(X, W, Scale, Low, Partial, rows, n, k, x_stride, PER_SPLIT:
     start = split * PER_SPLIT
     if GROUP > 0:
         j = tl.arange(0, GROUP // 2)  # byte j of a group: its columns j (low nibble) and GROUP/2 + j
-        STEP: tl.constexpr = BLOCK_K if BLOCK_K > GROUP else GROUP  # whole groups a step
+        STEP: tl.constexpr = max(BLOCK_K, GROUP)  # whole groups a step
         for offset in range(0, PER_SPLIT, STEP):
             for step in tl.static_range(STEP // GROUP):
                 first = start + offset + step * GROUP
@@ -97,7 +97,7 @@ def _dequant_row(X, W, Scale, Low, Partial, n, k, per_split, GROUP: tl.constexpr
     end = tl.minimum(start + per_split, k)
     if GROUP > 0:
         HALF: tl.constexpr = GROUP // 2
-        STEP: tl.constexpr = BLOCK_K if BLOCK_K > GROUP else GROUP  # whole groups a step
+        STEP: tl.constexpr = max(BLOCK_K, GROUP)  # whole groups a step
         j = tl.arange(0, HALF)  # byte j of a group: its columns j (low nibble) and HALF + j (high)
         acc = tl.zeros((BLOCK_N, HALF), tl.float32)
         for offset in range(start, end, STEP):
