@@ -78,8 +78,8 @@ PASSES = (
     Pass("next_token", "export", lambda g: True, lambda gm, g: export_llm.add_next_token(gm),
          "last position's logits as float32 plus their argmax: decode needs nothing after the graph"),
     Pass("sample", "export", lambda g: g.config.sampler,
-         lambda gm, g: sampling.apply(gm, g.config.batch_size, kernels=config.triton_kernels_available(
-             g.config.torch_device, g.config.backend)),
+         lambda gm, g: sampling.apply(gm, g.config.batch_size, kernels=g.config.batch_size <= sampling.KERNEL_ROWS
+                                      and config.triton_kernels_available(g.config.torch_device, g.config.backend)),
          "temperature, top-k and top-p drawn in the graph: a replayed decode step needs nothing from the host"),
     Pass("fuse_linears", "export", lambda g: True, lambda gm, g: fuse_linears.apply(gm).meta["fused_linears"],
          "q/k/v and gate/up as one GEMM each: one launch, not two or three, in a latency-bound step"),

@@ -22,6 +22,11 @@ from export_llm import add_row_input, argmax_in_slices, finish
 CANDIDATES = 1024
 SLICES = 128  # (at most)
 PER_SLICE = 32
+# The most rows whose candidates come from top_candidates' kernels. Their work grows with the rows
+# (one row 16 us on an H200, 8 rows 66 us: the rank kernel compares all 4032 keys of a row pairwise),
+# where torch.sort's batched sorts take 52 us for one row and grow little; beyond 8 rows the sorts
+# are expected to win (not yet timed: benchmarks/sampler_bench.py --rows).
+KERNEL_ROWS = 8
 ROW_INPUTS = (("temperature", torch.float32), ("top_k", torch.int64), ("top_p", torch.float32), ("seed", torch.int64))
 _LOW32 = 0xFFFFFFFF
 

@@ -1,13 +1,13 @@
-"""Time the in-graph sampler (``sampling.sample``) and its pieces on one row of Llama 3's
-128256-token vocabulary, each compiled with ``torch.compile`` and replayed 100 times back to
-back in a CUDA graph: the whole sampler with its Triton candidates (``top_candidates.py``, what
-runs on CUDA) and with ``torch.sort``'s at 1024, 256 and 64 candidates, ``torch.topk`` alone
-at those sizes and in two stages (the best of each of 128 slices, then the best of those), a
-whole-vocabulary sort, the 1024 candidates found slice by slice both ways, the vocabulary-wide
+"""Time the in-graph sampler (``sampling.sample``) and its pieces on one row (``--rows``: a
+batch) of Llama 3's 128256-token vocabulary, each compiled with ``torch.compile`` and replayed
+100 times back to back in a CUDA graph: the whole sampler with its Triton candidates
+(``top_candidates.py``) and with ``torch.sort``'s at 1024, 256 and 64 candidates,
+``torch.topk`` alone at those sizes and in two stages (the best of each of 128 slices, then
+the best of those), a whole-vocabulary sort, the 1024 candidates found slice by slice both ways, the vocabulary-wide
 Gumbel noise with a plain and a sliced argmax, and the argmax alone both ways. Says which
 piece of the sampler's cost over greedy decoding (BENCHMARKS.md) to cut. Needs a CUDA GPU.
 
-    python3 benchmarks/sampler_bench.py [--json PATH]
+    python3 benchmarks/sampler_bench.py [--rows N] [--json PATH]
 """
 
 import argparse
@@ -49,15 +49,17 @@ def with_candidates(count, *args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1, help="batch rows (default 1)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     cuda = torch.device("cuda")
     torch.manual_seed(0)
-    logits = torch.randn(1, VOCAB, device=cuda) * 3
+    rows = args.rows
+    logits = torch.randn(rows, VOCAB, device=cuda) * 3
     greedy = logits.argmax(-1)
-    position = torch.full((1, 1), 200, device=cuda)
-    row = dict(temperature=torch.tensor([0.8], device=cuda), top_k=torch.tensor([50], device=cuda),
-               top_p=torch.tensor([0.9], device=cuda), seed=torch.tensor([1], device=cuda))
+    position = torch.full((rows, 1), 200, device=cuda)
+    row = dict(temperature=torch.full((rows,), 0.8, device=cuda), top_k=torch.full((rows,), 50, device=cuda),
+               top_p=torch.full((rows,), 0.9, device=cuda), seed=torch.arange(1, rows + 1, device=cuda))
     inputs = (logits, greedy, position, *row.values())
     vocab = torch.arange(VOCAB, device=cuda)[None]
     variants = {
@@ -82,7 +84,8 @@ def main(argv=None):
         figures[name] = graph_us_per_call([compiled] * 100)
         print(f"{name:54} {figures[name]:8.1f} us")
     if args.json:
-        Path(args.json).write_text(json.dumps({"card": torch.cuda.get_device_name(), "us": figures}, indent=2))
+        Path(args.json).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows, "us": figures},
+                                              indent=2))
 
 
 if __name__ == "__main__":

@@ -72,3 +72,17 @@ def test_the_kernels_sample_what_torch_samples(fewer):
             torch.tensor([0, 5, 50, 1], device=triton_device), full(0.8, torch.float32),
             torch.arange(rows, device=triton_device))
     assert torch.equal(top_candidates.sample(*args), sampling.sample(*args))
+
+
+@pytest.mark.parametrize("rows,kernels", [(1, True), (sampling.KERNEL_ROWS, True), (sampling.KERNEL_ROWS + 1, False)])
+def test_the_sample_pass_takes_the_kernels_for_few_rows(rows, kernels, monkeypatch):
+    import config
+    import passes
+
+    run = config.resolve("llama", device="cpu", temperature=1.0, batch_size=rows)
+    monkeypatch.setattr(config, "triton_kernels_available", lambda device, backend: True)  # (as on CUDA)
+    chosen = []
+    monkeypatch.setattr(sampling, "apply", lambda gm, batch_size, kernels: chosen.append(kernels))
+    sample = next(p for p in passes.PASSES if p.name == "sample")
+    sample.run(None, passes.Graph(run, 64))
+    assert chosen == [kernels]
