@@ -3,8 +3,9 @@ batch) of Llama 3's 128256-token vocabulary, each compiled with ``torch.compile`
 100 times back to back in a CUDA graph: the whole sampler with its Triton candidates
 (``top_candidates.py``) and with ``torch.sort``'s at 1024, 256 and 64 candidates,
 ``torch.topk`` alone at those sizes and in two stages (the best of each of 128 slices, then
-the best of those), a whole-vocabulary sort, the 1024 candidates found slice by slice both ways, the vocabulary-wide
-Gumbel noise with a plain and a sliced argmax, and the argmax alone both ways. Says which
+the best of those), a whole-vocabulary sort, the 1024 candidates found slice by slice both
+ways, the vocabulary-wide Gumbel noise with a plain and a sliced argmax, and the argmax alone
+both ways. Says which
 piece of the sampler's cost over greedy decoding (BENCHMARKS.md) to cut. Needs a CUDA GPU.
 
     python3 benchmarks/sampler_bench.py [--rows N] [--json PATH]
