@@ -10,10 +10,10 @@ The kinds of product (``kind``), from --quant_format, --quant_algo and --weight_
   int8     W8A8: the same weights, a prompt's activations quantized to INT8 per token; with
            --quant_algo smoothquant each input channel is first divided by SmoothQuant's
            factor (calibrated on text), which the weights take on instead
-  int4     weight-only: unsigned 4-bit values, two per byte, with a scale and a minimum per
-           group of --quant_group_size input channels (asymmetric round to nearest); byte j of
-           a group holds its columns j and group/2 + j, scales and minimums are stored
-           group-major, [K/group, N], so that a kernel reads each with whole loads
+  int4     weight-only: unsigned 4-bit values with a scale and a minimum per group of
+           --quant_group_size input channels (asymmetric round to nearest); eight columns an
+           int32 word, stored input-major, [K/8, N], as are the scales and minimums, [K/group,
+           N]: a kernel reads neighbouring channels' words and scales in whole lines
 nvfp4 is Blackwell's, through ModelOpt and TensorRT (tensorrt_backend.py), never here. The
 embedding, the norms and, unless --quant_lm_head, the LM head stay 16-bit.
 
@@ -132,9 +132,12 @@ def quantize_weight(weight, kind, group=0, smooth=None):
         low = grouped.amin(-1).to(weight.dtype)
         scale = ((grouped.amax(-1) - low.float()) / 15).clamp(min=1e-8).to(weight.dtype)
         # round with the scale and minimum as stored, so that dequantize reproduces the choice
-        q = ((grouped - low.float()[..., None]) / scale.float()[..., None]).round().clamp(0, 15).to(torch.uint8)
-        first, second = q.chunk(2, -1)  # a group's halves share bytes: whole loads of either half
-        return (first | (second << 4)).view(n, k // 2), scale.t().contiguous(), low.t().contiguous()
+        q = ((grouped - low.float()[..., None]) / scale.float()[..., None]).round().clamp(0, 15).to(torch.int32)
+        q = q.view(n, k // 8, 8)
+        words = q[..., 0]
+        for t in range(1, 8):
+            words = words | (q[..., t] << 4 * t)
+        return words.t().contiguous(), scale.t().contiguous(), low.t().contiguous()
     extra = None
     if smooth is not None:
         w = w * smooth
@@ -143,12 +146,11 @@ def quantize_weight(weight, kind, group=0, smooth=None):
     return q, scale.view(-1), extra
 
 
-def unpack_int4(packed, groups):
-    """[N, K/2] bytes -> [N, K] values 0..15: byte j of a group holds its columns j (low
-    nibble) and group/2 + j (high)."""
-    n = packed.shape[0]
-    halves = packed.view(n, groups, 1, -1)
-    return torch.cat((halves & 15, halves >> 4), 2).view(n, -1)
+def unpack_int4(packed):
+    """[K/8, N] int32 words -> [N, K] values 0..15: word r holds columns 8r + t, t = 0..7, in
+    its bits 4t to 4t + 3."""
+    shifts = 4 * torch.arange(8, device=packed.device, dtype=torch.int32)
+    return ((packed.t()[..., None] >> shifts) & 15).reshape(packed.shape[1], -1)
 
 
 def dequantize(weight, scale, extra, kind, dtype):
@@ -156,7 +158,7 @@ def dequantize(weight, scale, extra, kind, dtype):
     space, which ``extra`` scales the input into). INT4's scales and minimums are [K/group, N]."""
     if kind == "int4":
         groups = scale.shape[0]
-        q = unpack_int4(weight, groups)
+        q = unpack_int4(weight)
         w = q.view(q.shape[0], groups, -1).float() * scale.t().float()[..., None] + extra.t().float()[..., None]
         return w.view(q.shape).to(dtype)
     if kind.startswith("fp8_block:"):  # a pre-quantized checkpoint's scale per block ("fp8_block:128x128")
@@ -172,11 +174,12 @@ def _mm_dtype(x):
     return torch.bfloat16 if x.is_cuda else x.dtype
 
 
-def quantized_linear(x, weight, scale, extra, bias, kind, gemv=False):
+def quantized_linear(x, weight, scale, extra, bias, kind, gemv=""):
     """``linear(x, W) + bias`` for a weight quantized by ``quantize_weight``; the path per
-    shape is in the module's docstring. ``gemv``: products of up to 16 rows may run on
-    ``tllm::dequant_product`` (quant_gemv.py, CUDA)."""
-    dtype, width, n = x.dtype, x.shape[-1], weight.shape[0]
+    shape is in the module's docstring. ``gemv``: products of up to 16 rows run on
+    quant_gemv.py's kernels (CUDA), through ``tllm::dequant_product`` ("triton_op") or its twin
+    launched with programmatic dependent launch ("pdl")."""
+    dtype, width, n = x.dtype, x.shape[-1], weight.shape[1 if kind == "int4" else 0]
     rows = math.prod(x.shape[:-1])
     if kind in ("fp8", "int8") and extra is not None:
         x = x * extra  # SmoothQuant: the weights took these factors on
@@ -190,8 +193,8 @@ def quantized_linear(x, weight, scale, extra, bias, kind, gemv=False):
         y = y.to(dtype).view(*x.shape[:-1], n)
     elif gemv and rows <= DECODE_ROWS and not kind.startswith("fp8_block:"):
         group = width // scale.shape[0] if kind == "int4" else 0
-        partial = torch.ops.tllm.dequant_product(x.reshape(rows, width).contiguous(), weight, scale,
-                                                 extra if kind == "int4" else None, group)
+        op = torch.ops.tllm.dequant_product_pdl if gemv == "pdl" else torch.ops.tllm.dequant_product
+        partial = op(x.reshape(rows, width).contiguous(), weight, scale, extra if kind == "int4" else None, group)
         y = partial.sum(0).to(dtype).view(*x.shape[:-1], n)
     elif kind == "int4" or kind.startswith("fp8_block:"):
         y = F.linear(x, dequantize(weight, scale, extra, kind, dtype))
@@ -249,7 +252,8 @@ def apply(gm, config):
         import quant_gemv
 
         if quant_gemv.applies(kind, group, config.dtype):
-            product = quant_gemv.quantized_linear
+            pdl = config.cudagraph and config.kernel_pdl  # (the same choice as passes.py's for our other kernels)
+            product = quant_gemv.quantized_linear_pdl if pdl else quant_gemv.quantized_linear
     recipes, made = gm.meta.setdefault("quantized_from", {}), {}
     for node, target, transposed in products:
         prequantized = getattr(weights[target], "prequantized", None)

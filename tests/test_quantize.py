@@ -111,18 +111,22 @@ def test_weights_round_to_nearest(kind):
 
 def test_int4_is_round_to_nearest_min_max_per_group():
     """INT4 equals a plain PyTorch round-to-nearest of each group onto 16 levels from its
-    minimum to its maximum, and packs two values per byte."""
+    minimum to its maximum, and packs eight values per int32 word, column 8r + t of a channel in
+    bits 4t to 4t + 3 of its word r."""
     torch.manual_seed(0)
     weight = torch.randn(8, 96)
     packed, scale, low = quantize.quantize_weight(weight, "int4", 32)
-    assert packed.dtype == torch.uint8 and packed.shape == (8, 48) and scale.shape == low.shape == (3, 8)
+    assert packed.dtype == torch.int32 and packed.shape == (12, 8) and scale.shape == low.shape == (3, 8)
     groups = weight.view(8, 3, 32)
     lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
     step = (hi - lo) / 15
     plain = (((groups - lo) / step).round() * step + lo).view(8, 96)
     torch.testing.assert_close(quantize.dequantize(packed, scale, low, "int4", torch.float32), plain)
-    values = quantize.unpack_int4(packed, 3).view(8, 3, 2, 16)
-    assert (values[:, :, 1] == packed.view(8, 3, 16) >> 4).all()
+    values = quantize.unpack_int4(packed)
+    assert values.shape == (8, 96) and values.min() >= 0 and values.max() == 15
+    assert (values[5, 8 * 2 + 7] == (packed[2, 5] >> 28) & 15) and (values[3, 8 * 11] == packed[11, 3] & 15)
+    torch.testing.assert_close(quantize.dequantize(packed, scale, low, "int4", torch.float32),
+                               (values.view(8, 3, 32) * scale.t()[..., None] + low.t()[..., None]).view(8, 96))
 
 
 def quantized_reference(model, run, ids):
