@@ -100,6 +100,9 @@ def check_flags(quant_format, quant_algo, weight_only, quant_group_size, quant_l
 def group_size(widths, requested):
     """The INT4 group size: ``requested`` if it divides every quantized layer's input width,
     else one line; by default the first of GROUP_SIZES that divides them all."""
+    odd = sorted(w for w in widths if w % 8)
+    if odd:  # (a model of such widths has yet to be seen)
+        raise UserError(f"INT4 packs eight input channels a word: this model has a layer {odd[0]} wide")
     if requested:
         bad = sorted(w for w in widths if w % requested)
         if bad:

@@ -308,7 +308,9 @@ def test_a_group_size_that_does_not_divide_is_refused():
         rewritten_graph_with(ours, run_config(ours, CPU, quant_format="int4", quant_group_size=48))
     assert quantize.group_size({576, 1536}, 0) == 64  # SmolLM2: 128 does not divide 576
     with pytest.raises(UserError, match="give --quant_group_size"):
-        quantize.group_size({100}, 0)
+        quantize.group_size({104}, 0)
+    with pytest.raises(UserError, match="eight input channels a word: this model has a layer 100 wide"):
+        quantize.group_size({100, 128}, 4)
 
 
 def test_eval_ppl_measures_the_quantized_model(tiny_chat_dir, tmp_path, capsys):
