@@ -165,6 +165,13 @@ def plan(n, k, rows, group, num_sms):
     return split_reduction(n, k, num_sms, 32 if rows == 1 else 64, SPLIT_MULTIPLE, MAX_SPLITS)
 
 
+def _output_plan(x, weight, group, sms):
+    """(N, reduction length per split, splits) of ``x`` [rows, K] by ``weight``: INT4 words
+    are [K/8, N], INT8 / FP8 weights [N, K]."""
+    n = weight.shape[1 if group else 0]
+    return (n, *plan(n, x.shape[1], x.shape[0], group, sms))
+
+
 def applies(kind, group, dtype):
     """Whether the kernels take this weight: 16-bit activations, and INT4 groups of 32 to 512
     columns, a power of two (a group divides a split, and a tile of words)."""
@@ -179,8 +186,7 @@ def partial_sums(x, weight, scale, low, group, sms, tile=None, pdl=False):
     partial sums [splits, rows, N]. ``tile``: (BLOCK_N, BLOCK_K) instead of autotuning
     (Triton's CPU interpreter cannot time); ``pdl``: see ``triton_launch.launch``."""
     rows, k = x.shape
-    n = weight.shape[1 if group else 0]
-    per_split, splits = plan(n, k, rows, group, sms)
+    n, per_split, splits = _output_plan(x, weight, group, sms)
     out = torch.empty((splits, rows, n), dtype=torch.float32, device=x.device)
     kernel = _dequant_product if rows > 1 else _int4_row if group else _dequant_row
     kernel, extra = (kernel, {}) if tile is None else (kernel.fn, dict(zip(("BLOCK_N", "BLOCK_K"), tile)))
@@ -212,8 +218,7 @@ def dequant_product_pdl(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 
 @dequant_product_pdl.register_fake
 def _dequant_product_pdl_fake(x, weight, scale, low, group):
-    n = weight.shape[1 if group else 0]
-    splits = plan(n, x.shape[1], x.shape[0], group, num_sms(x.device.index or 0))[1]
+    n, _, splits = _output_plan(x, weight, group, num_sms(x.device.index or 0))
     return x.new_empty((splits, x.shape[0], n), dtype=torch.float32)
 
 
